@@ -1,0 +1,152 @@
+"""Reading PyTorch state dicts without depending on torch, and validating them key by key.
+
+A state dict arrives as a ``.pt``/``.pth`` checkpoint (needs the optional ``torch`` extra), an ``.npz`` or a
+``.safetensors`` file, or an in-memory mapping of names to arrays. Converters pull tensors through a
+:class:`StateDictReader`, which remembers what was taken, so that :meth:`StateDictReader.finish` can report
+every missing, unexpected and mis-shaped key in one clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+
+class StateDictError(ValueError):
+    """A state dict does not match the model: lists missing, unexpected and mis-shaped keys."""
+
+
+def load_state_dict(source, *, prefix: str = "") -> dict[str, np.ndarray]:
+    """Loads a state dict as ``{name: float32/int numpy array}``.
+
+    Args:
+      source: a path (``.pt``/``.pth``/``.bin`` via torch, ``.npz``, ``.safetensors``) or a mapping of names to
+        arrays (numpy arrays or torch tensors).
+      prefix: keep only keys starting with this prefix, with the prefix removed (e.g. ``"decoder.estimator."``).
+
+    Raises:
+      FileNotFoundError: the path does not exist.
+      ValueError: unknown file type, or nothing left after the prefix filter.
+      ImportError: a torch checkpoint was given but torch is not installed.
+    """
+    if isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        path = pathlib.Path(os.fspath(source))
+        if not path.exists():
+            raise FileNotFoundError(f"state dict file {str(path)!r} does not exist")
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            with np.load(path) as f:
+                raw = {k: f[k] for k in f.files}
+        elif suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            raw = load_file(str(path))
+        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
+            try:
+                import torch
+            except ImportError as e:  # pragma: no cover - depends on the environment
+                raise ImportError(
+                    f"reading {str(path)!r} needs PyTorch: pip install 'fmjax[torch]' "
+                    "(or convert it once to .npz/.safetensors elsewhere)"
+                ) from e
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
+                raw = raw["state_dict"]
+        else:
+            raise ValueError(
+                f"source: expected a .pt/.pth/.bin/.ckpt, .npz or .safetensors file, got {str(path)!r}"
+            )
+    out = {}
+    for name, value in raw.items():
+        if not name.startswith(prefix):
+            continue
+        out[name[len(prefix):]] = _to_numpy(value)
+    if not out:
+        raise ValueError(f"source: no tensors found with prefix {prefix!r} (it has {len(raw)} tensors)")
+    return out
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    arr = np.asarray(value)
+    if arr.dtype in (np.float16, np.float64):
+        arr = arr.astype(np.float32)
+    return arr
+
+
+class StateDictReader:
+    """Hands out tensors by name, checks shapes, and reports every mismatch at the end.
+
+    Example::
+
+        r = StateDictReader(sd, what="CosyVoice2 estimator")
+        w = r.take("final_proj.weight", (80, 256, 1))
+        ...
+        r.finish()   # raises StateDictError listing missing / unexpected / mis-shaped keys
+    """
+
+    def __init__(self, state_dict: Mapping[str, np.ndarray], *, what: str = "model", ignore: Iterable[str] = ()):
+        self._sd = dict(state_dict)
+        self._what = what
+        self._taken: set[str] = set()
+        self._missing: list[str] = []
+        self._misshaped: list[str] = []
+        self._ignore = tuple(ignore)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._sd
+
+    def keys(self) -> list[str]:
+        return list(self._sd)
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """Shape of a tensor without taking it (None when absent); used to infer configs."""
+        return tuple(self._sd[name].shape) if name in self._sd else None
+
+    def take(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Returns tensor ``name`` (marking it used). A missing or mis-shaped tensor is recorded, and a zero
+        array of the expected shape is returned so that conversion can go on and report everything at once."""
+        self._taken.add(name)
+        if name not in self._sd:
+            self._missing.append(name if shape is None else f"{name} (expected shape {tuple(shape)})")
+            return np.zeros(shape if shape is not None else (), np.float32)
+        arr = self._sd[name]
+        if shape is not None and tuple(arr.shape) != tuple(shape):
+            self._misshaped.append(f"{name}: expected shape {tuple(shape)}, got {tuple(arr.shape)}")
+            return np.zeros(shape, np.float32)
+        return arr
+
+    def skip(self, name: str) -> None:
+        """Marks a tensor as known but unused (e.g. a buffer the port recomputes)."""
+        self._taken.add(name)
+
+    def finish(self) -> None:
+        """Raises :class:`StateDictError` if any key was missing, mis-shaped or never taken."""
+        unexpected = sorted(
+            k for k in self._sd if k not in self._taken and not any(k.startswith(p) for p in self._ignore)
+        )
+        if not (self._missing or self._misshaped or unexpected):
+            return
+        lines = [f"state dict does not match the {self._what}:"]
+        for title, items in (("missing", self._missing), ("mis-shaped", self._misshaped), ("unexpected", unexpected)):
+            if items:
+                shown = items[:20]
+                more = f" ... and {len(items) - 20} more" if len(items) > 20 else ""
+                lines.append(f"  {title} keys ({len(items)}): " + ", ".join(shown) + more)
+        raise StateDictError("\n".join(lines))
+
+
+def count_parameters(params) -> int:
+    """Total number of scalars in a params pytree."""
+    import jax
+
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
