@@ -29,10 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Complex, Float, Int, PRNGKeyArray
 
 PyTree = Any
 Key = PRNGKeyArray
 
-__all__ = ["Array", "Bool", "Float", "Int", "Key", "PyTree", "jax"]
+__all__ = ["Array", "Bool", "Complex", "Float", "Int", "Key", "PyTree"]
