@@ -1,0 +1,297 @@
+"""CosyVoice2's ``CausalConditionalDecoder``: a one-level causal 1-D U-Net with chunk-masked transformers,
+with an exact static-shape streaming step.
+
+Layout (SPEC §4 of the CosyVoice2 reference, channels last):
+
+=============  ==========================================================================================
+``time_mlp``   ``sinusoidal(t·1000, in_channels)`` → Linear → SiLU → Linear (width 4·channels)
+pack           ``[x | mu | spks broadcast over t | prompt]`` → ``[b, t, in_channels]``
+``down``       causal resnet (in → channels) + ``n_blocks`` transformer blocks; kept as the skip
+``down_conv``  causal conv k=3 on ``h·mask``
+``mid``        ``num_mid_blocks`` × (causal resnet + ``n_blocks`` transformer blocks), one ``lax.scan``
+``up``         causal resnet on ``[h | skip]`` (current first) + ``n_blocks`` transformer blocks
+``up_conv``    causal conv k=3 on ``h·mask``
+``final``      :class:`~fmjax.nn.unet_blocks.CausalBlock1D`, then ``final_proj`` 1×1 on ``h·mask``, ``·mask``
+=============  ==========================================================================================
+
+Every transformer block uses the same mask: key padding (offline, ``streaming=False``) or key padding and
+the chunk mask of ``chunk_size`` frames with ``num_left_chunks`` (``streaming=True``). The streaming step
+(``cache`` given) runs one chunk of at most ``chunk_size`` frames (a shorter one is padded and masked) and
+returns the same frames as the offline chunk-masked forward; see :func:`fmjax.nn.attention.cached_attention`
+for the window needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fmjax.cond import MelCond
+from fmjax.nn.attention import KVCache, init_kv_cache
+from fmjax.nn.conv import CausalConv1d, Conv1d, ConvCache
+from fmjax.nn.embeddings import TimestepEmbedding, sinusoidal_embedding
+from fmjax.nn.masks import attention_mask
+from fmjax.nn.transformer import FF_ACTIVATIONS, TransformerBlock
+from fmjax.nn.unet_blocks import CausalBlock1D, ResnetBlock1D, ResnetCache
+from fmjax.typing import Array, Float
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalUNetConfig:
+    """Sizes of a :class:`CausalConditionalDecoder` (defaults: CosyVoice2, 71.3 M parameters).
+
+    Attributes:
+      mel_dim: width of ``x`` and of the output (torch ``out_channels``).
+      mu_dim, spk_dim, cond_dim: widths of ``mu``, ``spks`` and the prompt condition; the packed input has
+        ``in_channels = mel_dim + mu_dim + spk_dim + cond_dim`` channels (320).
+      channels: U-Net width (torch ``channels=[256]``; one level).
+      n_blocks: transformer blocks per stage.
+      num_mid_blocks: middle stages.
+      num_heads, head_dim: attention shape.
+      ff_mult: feed-forward expansion; activation: ``"gelu"`` (exact), ``"gelu_tanh"`` or ``"snakebeta"``.
+      chunk_size: ``C`` frames of the streaming chunk mask (50 = 25 tokens × 2).
+      num_left_chunks: ``L`` left chunks visible; ``-1`` = all (CosyVoice2 HEAD).
+    """
+
+    mel_dim: int = 80
+    mu_dim: int = 80
+    spk_dim: int = 80
+    cond_dim: int = 80
+    channels: int = 256
+    n_blocks: int = 4
+    num_mid_blocks: int = 12
+    num_heads: int = 8
+    head_dim: int = 64
+    ff_mult: int = 4
+    activation: str = "gelu"
+    chunk_size: int = 50
+    num_left_chunks: int = -1
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "activation":
+                if value not in FF_ACTIVATIONS:
+                    raise ValueError(f"activation: expected one of {FF_ACTIVATIONS}, got {value!r}")
+            elif f.name == "num_left_chunks":
+                if not isinstance(value, int) or value < -1:
+                    raise ValueError(f"num_left_chunks: expected -1 (all) or >= 0, got {value!r}")
+            elif not isinstance(value, int) or value < 1:
+                raise ValueError(f"{f.name}: expected a positive int, got {value!r}")
+
+    @property
+    def in_channels(self) -> int:
+        return self.mel_dim + self.mu_dim + self.spk_dim + self.cond_dim
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.channels
+
+    def min_window(self) -> int:
+        """Smallest K/V window for an exact streaming step: ``(L + 1)·C``, or ``C`` when ``L = -1`` (then the
+        step is exact while the stream fits the window)."""
+        return self.chunk_size * (1 if self.num_left_chunks < 0 else self.num_left_chunks + 1)
+
+
+class StageCache(NamedTuple):
+    """Streaming state of one stage: its resnet's conv histories and one ring buffer per transformer block."""
+
+    resnet: ResnetCache
+    attn: tuple[KVCache, ...]
+
+
+class CausalUNetCache(NamedTuple):
+    """Streaming state of the whole estimator (fixed shapes; ``mid`` leaves have a leading layer axis)."""
+
+    down: StageCache
+    down_conv: ConvCache
+    mid: StageCache
+    up: StageCache
+    up_conv: ConvCache
+    final_block: ConvCache
+
+
+class _Stage(nn.Module):
+    """Causal resnet + ``n_blocks`` transformer blocks; returns ``(h, (cache, aux))`` (a scan body)."""
+
+    config: CausalUNetConfig
+
+    @nn.compact
+    def __call__(self, h, mask, t_emb, attn_mask, valid, cache):
+        cfg = self.config
+        h, resnet_cache = ResnetBlock1D(cfg.channels, causal=True, name="resnet")(
+            h, mask, t_emb, None if cache is None else cache.resnet
+        )  # [b, t, channels]
+        aux = {"resnet": h}
+        attn_caches = []
+        for j in range(cfg.n_blocks):
+            block = TransformerBlock(cfg.num_heads, cfg.head_dim, cfg.ff_mult, cfg.activation, name=f"tf_{j}")
+            h, c = block(
+                h, attn_mask, None if cache is None else cache.attn[j],
+                valid=valid, chunk_size=cfg.chunk_size, num_left_chunks=cfg.num_left_chunks,
+            )
+            attn_caches.append(c)
+            aux[f"tf{j}"] = h
+        new_cache = None if cache is None else StageCache(resnet_cache, tuple(attn_caches))
+        return h, (new_cache, aux)
+
+
+class CausalConditionalDecoder(nn.Module):
+    """CosyVoice2 estimator. ``apply(params, x, cond, t)`` → ``(v, aux)``;
+    ``apply(params, x_chunk, cond_chunk, t, cache)`` → ``(v_chunk, new_cache)``.
+    """
+
+    config: CausalUNetConfig = CausalUNetConfig()
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "b t m"],
+        cond: MelCond,
+        t: Float[Array, "b"],
+        cache: CausalUNetCache | None = None,
+        *,
+        streaming: bool = False,
+    ):
+        """Velocity of the flow at time ``t``.
+
+        Args:
+          x: ``[b, t, m]`` noisy mel (a chunk of ``t <= chunk_size`` frames when streaming).
+          cond: :class:`~fmjax.cond.MelCond` with ``mu [b, t, mu_dim]``, ``spks [b, spk_dim]``,
+            ``prompt [b, t, cond_dim]``, ``mask [b, t]`` (for a chunk: the chunk's frames).
+          t: ``[b]`` (or scalar) flow time.
+          cache: None for the offline forward; a :class:`CausalUNetCache` from :meth:`init_cache` (or the
+            previous step) for one streaming step.
+          streaming: offline only, static: chunk-masked attention (True) or full context (False).
+
+        Returns:
+          Offline: ``(v [b, t, m], aux)`` with ``aux`` the intermediates ``t_emb``, ``down.resnet``,
+          ``down.tf<j>``, ``down_conv``, ``mid<i>.resnet``, ``mid<i>.tf<j>``, ``up.resnet``, ``up.tf<j>``,
+          ``up_conv``, ``final_block``. Streaming: ``(v_chunk [b, t, m], new_cache)``.
+        """
+        cfg = self.config
+        t = self._check(x, cond, t, cache, streaming)
+        b, n = x.shape[:2]
+        if cache is not None and n < cfg.chunk_size:  # pad the last chunk to C frames, masked
+            pad = ((0, 0), (0, cfg.chunk_size - n), (0, 0))
+            x = jnp.pad(x, pad)
+            cond = MelCond(jnp.pad(cond.mu, pad), cond.spks, jnp.pad(cond.prompt, pad), jnp.pad(cond.mask, pad[:2]))
+        mask = cond.mask.astype(x.dtype)  # [b, t]
+        t_emb = TimestepEmbedding(cfg.time_embed_dim, name="time_mlp")(
+            sinusoidal_embedding(t, cfg.in_channels).astype(x.dtype)
+        )  # [b, 4·channels]
+        spks = jnp.broadcast_to(cond.spks[:, None, :].astype(x.dtype), (b, x.shape[1], cfg.spk_dim))
+        h = jnp.concatenate([x, cond.mu.astype(x.dtype), spks, cond.prompt.astype(x.dtype)], axis=-1)  # [b, t, in]
+
+        if cache is None:
+            attn_mask = attention_mask(mask, cfg.chunk_size if streaming else 0, cfg.num_left_chunks)
+            valid = None
+        else:
+            attn_mask, valid = None, mask > 0  # [b, C]
+        c = cache if cache is not None else CausalUNetCache(*(None,) * 6)
+
+        def masked(a):
+            return a * mask[..., None]
+
+        h, (down_cache, down_aux) = _Stage(cfg, name="down")(h, mask, t_emb, attn_mask, valid, c.down)
+        skip = h
+        h, down_conv_cache = CausalConv1d(cfg.channels, 3, name="down_conv")(masked(h), c.down_conv)
+        down_conv = h
+        mid = nn.scan(
+            _Stage,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=cfg.num_mid_blocks,
+        )(cfg, name="mid")
+        h, (mid_cache, mid_aux) = mid(h, mask, t_emb, attn_mask, valid, c.mid)
+        h = jnp.concatenate([h, skip], axis=-1)  # [b, t, 2·channels]
+        h, (up_cache, up_aux) = _Stage(cfg, name="up")(h, mask, t_emb, attn_mask, valid, c.up)
+        h, up_conv_cache = CausalConv1d(cfg.channels, 3, name="up_conv")(masked(h), c.up_conv)
+        up_conv = h
+        h, final_cache = CausalBlock1D(cfg.channels, name="final_block")(h, mask, c.final_block)
+        v = masked(Conv1d(cfg.mel_dim, 1, name="final_proj")(masked(h)))  # [b, t, m]
+
+        if cache is not None:
+            new_cache = CausalUNetCache(down_cache, down_conv_cache, mid_cache, up_cache, up_conv_cache, final_cache)
+            return v[:, :n], new_cache
+        aux = {"t_emb": t_emb, "down_conv": down_conv, "up_conv": up_conv, "final_block": h}
+        aux.update({f"down.{k}": a for k, a in down_aux.items()})
+        aux.update({f"up.{k}": a for k, a in up_aux.items()})
+        for i in range(cfg.num_mid_blocks):
+            aux.update({f"mid{i}.{k}": a[i] for k, a in mid_aux.items()})
+        return v, aux
+
+    @nn.nowrap
+    def init_cache(self, batch: int, window: int, dtype=jnp.float32) -> CausalUNetCache:
+        """Empty streaming state: zero conv histories and empty K/V ring buffers of ``window`` frames.
+
+        ``window`` must hold the visible context: at least ``(L + 1)·C`` frames for ``L`` left chunks, at least
+        ``C`` for ``L = -1`` (exact while the stream is no longer than ``window``). Shape-only: it builds no
+        submodules and its size never depends on how far the stream goes.
+        """
+        cfg = self.config
+        if batch < 1:
+            raise ValueError(f"batch: expected >= 1, got {batch}")
+        if window < cfg.min_window():
+            raise ValueError(
+                f"window: expected at least {cfg.min_window()} frames for chunk_size={cfg.chunk_size} and "
+                f"num_left_chunks={cfg.num_left_chunks}, got {window}"
+            )
+        d = cfg.channels
+
+        def conv(width):
+            return ConvCache(jnp.zeros((batch, 2, width), dtype))
+
+        def stage(width_in):
+            kv = init_kv_cache(batch, window, cfg.num_heads, cfg.head_dim, dtype)
+            return StageCache(ResnetCache(conv(width_in), conv(d)), (kv,) * cfg.n_blocks)
+
+        mid = _stack(stage(d), cfg.num_mid_blocks)
+        return CausalUNetCache(stage(cfg.in_channels), conv(d), mid, stage(2 * d), conv(d), conv(d))
+
+    def _check(self, x, cond, t, cache, streaming) -> Array:
+        cfg = self.config
+        if not isinstance(cond, MelCond):
+            raise TypeError(f"cond: expected a fmjax.cond.MelCond, got {type(cond).__name__}")
+        if getattr(x, "ndim", None) != 3 or x.shape[-1] != cfg.mel_dim:
+            raise ValueError(f"x: expected shape [b, t, {cfg.mel_dim}], got {getattr(x, 'shape', type(x))}")
+        b, n = x.shape[:2]
+        expected = {
+            "cond.mu": (cond.mu, (b, n, cfg.mu_dim)),
+            "cond.spks": (cond.spks, (b, cfg.spk_dim)),
+            "cond.prompt": (cond.prompt, (b, n, cfg.cond_dim)),
+            "cond.mask": (cond.mask, (b, n)),
+        }
+        for name, (a, shape) in expected.items():
+            if tuple(getattr(a, "shape", ())) != shape:
+                raise ValueError(f"{name}: expected shape {shape} for x of shape {x.shape}, got {getattr(a, 'shape', a)}")
+        t = jnp.asarray(t)
+        if t.ndim == 0:
+            t = jnp.broadcast_to(t, (b,))
+        if t.shape != (b,):
+            raise ValueError(f"t: expected shape [{b}] or a scalar, got {t.shape}")
+        if not isinstance(streaming, bool):
+            raise TypeError(f"streaming: expected a Python bool (static), got {type(streaming).__name__}")
+        if cache is None:
+            return t
+        if streaming:
+            raise ValueError("streaming: a streaming step (cache given) is always chunk-masked; leave it False")
+        if not isinstance(cache, CausalUNetCache):
+            raise TypeError(f"cache: expected a CausalUNetCache from init_cache, got {type(cache).__name__}")
+        if n > cfg.chunk_size:
+            raise ValueError(f"x: a streaming chunk has at most chunk_size={cfg.chunk_size} frames, got {n}")
+        keys = cache.down.attn[0].keys
+        if keys.shape[0] != b:
+            raise ValueError(f"cache: built for batch {keys.shape[0]}, but x has batch {b}")
+        if keys.shape[2:] != (cfg.num_heads, cfg.head_dim) or len(cache.down.attn) != cfg.n_blocks:
+            raise ValueError(f"cache: K/V shape {keys.shape} does not match the config {cfg}")
+        return t
+
+
+def _stack(tree, n: int):
+    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), tree)

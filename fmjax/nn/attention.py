@@ -1,0 +1,194 @@
+"""Masked dot-product attention, a fixed-window K/V ring buffer for streaming, and diffusers-style MHA.
+
+The pieces compose so that other estimators reuse them:
+
+* :func:`dot_product_attention` — softmax attention of already projected ``q/k/v`` with a boolean mask
+  and/or an additive bias (e.g. relative-position logits);
+* :class:`KVCache` + :func:`kv_cache_write` — a ring buffer of ``w`` slots holding keys/values and the
+  absolute frame position of each slot (``-1`` = empty or padded), plus the stream position ``count``;
+* :func:`cached_attention` — one streaming step: write the chunk, build the chunk mask from absolute
+  positions (:func:`fmjax.nn.masks.chunk_visibility`), attend over the ``w`` slots.
+
+A step attends over the ring *after* writing the current chunk, so the ring holds the chunk plus ``w - c``
+earlier frames. With ``L`` left chunks a step is exact when ``w >= (L + 1)·C``; with ``L = -1`` it is exact
+as long as the stream is at most ``w`` frames long (later it is a sliding window of ``w`` frames).
+Every shape is fixed by ``(b, w, h, k)``: the stream position lives in int32 arrays, never in Python.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fmjax.nn.masks import chunk_visibility, fill_empty_rows
+from fmjax.typing import Array, Bool, Float, Int, PyTree
+
+
+class KVCache(NamedTuple):
+    """Fixed-window K/V ring buffer of one attention layer.
+
+    Attributes:
+      keys: ``[b, w, h, k]``.
+      values: ``[b, w, h, k]``.
+      pos: ``[b, w]`` int32 absolute frame position held by each slot; ``-1`` = empty slot or padded frame.
+      count: ``[]`` int32 frames written so far (absolute position of the next chunk's first frame).
+    """
+
+    keys: Float[Array, "b w h k"]
+    values: Float[Array, "b w h k"]
+    pos: Int[Array, "b w"]
+    count: Int[Array, ""]
+
+
+def init_kv_cache(batch: int, window: int, heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
+    """An empty ring buffer: zero keys/values, every slot at position ``-1``, ``count = 0``."""
+    if window < 1:
+        raise ValueError(f"window: expected >= 1 slot, got {window}")
+    zeros = jnp.zeros((batch, window, heads, head_dim), dtype)
+    return KVCache(zeros, zeros, jnp.full((batch, window), -1, jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def kv_cache_write(
+    cache: KVCache, k: Float[Array, "b c h k"], v: Float[Array, "b c h k"], valid: Bool[Array, "b c"]
+) -> KVCache:
+    """Writes a chunk of ``c <= w`` frames at stream positions ``count .. count+c-1`` (slots ``pos % w``);
+    frames with ``valid = False`` are stored with position ``-1`` so that no query ever sees them."""
+    b, w = cache.pos.shape
+    c = k.shape[1]
+    if c > w:
+        raise ValueError(f"k: a chunk of {c} frames does not fit a window of {w} slots")
+    if k.shape != (b, c) + cache.keys.shape[2:] or v.shape != k.shape:
+        raise ValueError(
+            f"k, v: expected shape {(b, c) + cache.keys.shape[2:]} to match the cache, got {k.shape} and {v.shape}"
+        )
+    if valid.shape != (b, c):
+        raise ValueError(f"valid: expected shape {(b, c)}, got {valid.shape}")
+    positions = cache.count + jnp.arange(c, dtype=jnp.int32)  # [c]
+    slots = positions % w  # [c]
+    return KVCache(
+        keys=cache.keys.at[:, slots].set(k.astype(cache.keys.dtype)),
+        values=cache.values.at[:, slots].set(v.astype(cache.values.dtype)),
+        pos=cache.pos.at[:, slots].set(jnp.where(valid, positions[None, :], -1)),
+        count=cache.count + c,
+    )
+
+
+def dot_product_attention(
+    q: Float[Array, "b t h k"],
+    k: Float[Array, "b s h k"],
+    v: Float[Array, "b s h k"],
+    mask: Bool[Array, "..."] | None = None,
+    bias: Float[Array, "..."] | None = None,
+    scale: float | None = None,
+) -> Float[Array, "b t h k"]:
+    """``softmax(q·kᵀ·scale + bias, masked) · v`` per head; logits and softmax in float32.
+
+    Args:
+      q: ``[b, t, h, k]``; k, v: ``[b, s, h, k]``.
+      mask: bool, True = visible, broadcastable to ``[b, t, s]`` (shared by heads) or ``[b, h, t, s]``
+        when 4-D. Rows should have a visible key (see :func:`fmjax.nn.masks.fill_empty_rows`).
+      bias: additive logits with the same broadcasting rules.
+      scale: defaults to ``1/sqrt(k)``.
+
+    Returns:
+      ``[b, t, h, k]`` in ``v``'s dtype.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale  # [b, h, t, s]
+    if bias is not None:
+        logits = logits + (bias[:, None] if bias.ndim == 3 else bias).astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, None] if mask.ndim == 3 else mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [b, h, t, s]
+    return jnp.einsum("bhts,bshk->bthk", probs, v)  # [b, t, h, k]
+
+
+def cached_attention(
+    q: Float[Array, "b c h k"],
+    k: Float[Array, "b c h k"],
+    v: Float[Array, "b c h k"],
+    cache: KVCache,
+    valid: Bool[Array, "b c"],
+    *,
+    chunk_size: int,
+    num_left_chunks: int = -1,
+    scale: float | None = None,
+) -> tuple[Float[Array, "b c h k"], KVCache]:
+    """One streaming attention step over the ring buffer with chunk-mask semantics.
+
+    Writes ``k/v`` (invalid frames as empty), then lets the query at absolute position ``p`` see the slots
+    whose positions pass :func:`fmjax.nn.masks.chunk_visibility` (its own chunk and ``L`` left chunks, or all
+    held ones for ``L = -1``); a row with nothing visible sees every slot, as offline. Chunks must be fed
+    with ``c = chunk_size`` frames per step (pad the last one) so that they stay aligned to chunk bounds.
+    Queries at positions ``count + i`` get rotary or relative encodings from the caller beforehand.
+
+    Returns:
+      ``(out [b, c, h, k], new_cache)``.
+    """
+    q_pos = cache.count + jnp.arange(q.shape[1], dtype=jnp.int32)  # [c]
+    cache = kv_cache_write(cache, k, v, valid)
+    mask = fill_empty_rows(chunk_visibility(q_pos[None, :], cache.pos, chunk_size, num_left_chunks))  # [b, c, w]
+    return dot_product_attention(q, cache.keys, cache.values, mask=mask, scale=scale), cache
+
+
+class MultiHeadAttention(nn.Module):
+    """diffusers ``Attention`` as Matcha/CosyVoice use it: ``to_q/to_k/to_v`` (bias-free by default), SDPA,
+    ``to_out`` with bias.
+
+    Attributes:
+      heads: ``h``.
+      head_dim: ``k``; the inner width is ``h·k``.
+      qkv_bias: bias on ``to_q/to_k/to_v``.
+    """
+
+    heads: int
+    head_dim: int
+    qkv_bias: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "b t d"],
+        mask: Bool[Array, "..."] | None = None,
+        cache: KVCache | None = None,
+        *,
+        valid: Bool[Array, "b t"] | None = None,
+        chunk_size: int = 0,
+        num_left_chunks: int = -1,
+    ) -> tuple[Float[Array, "b t d"], KVCache | None]:
+        """Offline (``cache=None``): attention over ``x`` with ``mask`` (see :func:`dot_product_attention`).
+        Streaming: ``x`` is one chunk, ``valid [b, t]`` its frame mask, and the mask comes from the cache
+        positions with ``chunk_size``/``num_left_chunks`` (see :func:`cached_attention`); ``mask`` must be None.
+
+        Returns:
+          ``(y [b, t, d], new_cache)``; ``new_cache`` is None offline.
+        """
+        b, t, d = x.shape
+        inner = self.heads * self.head_dim
+
+        def proj(name):
+            return nn.Dense(inner, use_bias=self.qkv_bias, name=name)(x).reshape(b, t, self.heads, self.head_dim)
+
+        q, k, v = proj("to_q"), proj("to_k"), proj("to_v")  # [b, t, h, k]
+        if cache is None:
+            out = dot_product_attention(q, k, v, mask=mask)
+        else:
+            if mask is not None or valid is None or chunk_size <= 0:
+                raise ValueError("streaming attention takes valid=[b, t] and chunk_size > 0, and no mask")
+            out, cache = cached_attention(
+                q, k, v, cache, valid, chunk_size=chunk_size, num_left_chunks=num_left_chunks
+            )
+        return nn.Dense(d, name="to_out")(out.reshape(b, t, inner)), cache  # [b, t, d]
+
+    @nn.nowrap
+    def init_cache(self, batch: int, window: int, dtype=jnp.float32) -> KVCache:
+        """Empty ring buffer of ``window`` slots for this layer."""
+        return init_kv_cache(batch, window, self.heads, self.head_dim, dtype)
+
+
+def cache_nbytes(cache: PyTree) -> int:
+    """Bytes held by a cache pytree (arrays or ``jax.ShapeDtypeStruct``s)."""
+    return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(cache)))
