@@ -1,0 +1,92 @@
+"""Streaming a flow-matching sampler chunk by chunk, with explicit per-evaluation estimator caches.
+
+Offline, a chunk-masked estimator at ODE step ``s`` maps the whole sequence ``x_s`` to ``v_s``, and the output
+frames of chunk ``k`` depend only on frames of chunks ``≤ k``. So the ODE can run chunk by chunk: for chunk
+``k`` run *all* steps, where each velocity evaluation continues from the estimator cache that the same
+evaluation (same step, same solver stage) left after chunk ``k − 1``. The sampler state therefore holds one
+estimator cache per step and stage, stacked on leading ``[n, stages]`` axes; its shapes never depend on how
+far the stream has gone, so one compiled chunk step serves the whole stream.
+
+The noise of a frame is taken from a caller-supplied array by absolute frame index (CosyVoice's fixed noise,
+:func:`fmjax.noise.cosyvoice_noise`), so it never depends on the chunking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fmjax.samplers import Solver, get_solver, rk_step_cached
+from fmjax.timesteps import validate_grid
+from fmjax.typing import Array, Float, Int, PyTree
+
+__all__ = ["init_sampler_caches", "sample_chunk", "take_frames", "cache_nbytes"]
+
+
+def init_sampler_caches(estimator_cache: PyTree, n_steps: int, solver: str | Solver = "euler") -> PyTree:
+    """Stacks an estimator cache for every ODE step and solver stage: leaves ``[n, stages, ...]``.
+
+    Args:
+      estimator_cache: a fresh cache of the estimator (for CFG by batch doubling: one with ``2b`` rows).
+      n_steps: ODE steps ``n`` (the grid has ``n + 1`` points).
+      solver: the solver whose stages each need a cache.
+    """
+    if not (isinstance(n_steps, int) and n_steps >= 1):
+        raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
+    stages = get_solver(solver).stages
+    return jax.tree_util.tree_map(
+        lambda c: jnp.broadcast_to(c, (n_steps, stages, *jnp.shape(c))).copy(), estimator_cache
+    )
+
+
+def sample_chunk(
+    velocity: Callable,
+    x0_chunk: Float[Array, "b c ..."],
+    cond_chunk: PyTree,
+    grid,
+    caches: PyTree,
+    solver: str | Solver = "euler",
+) -> tuple[Float[Array, "b c ..."], PyTree]:
+    """Runs the whole ODE for one chunk, continuing every evaluation's estimator cache.
+
+    Args:
+      velocity: ``velocity(t [b], x_chunk, cond_chunk, cache) -> (v_chunk, cache)`` (wrap it with
+        :func:`fmjax.samplers.classifier_free_guidance_cached` for CFG).
+      x0_chunk: ``[b, c, ...]`` the chunk's noise.
+      cond_chunk: the chunk's conditions (pytree, batch first).
+      grid: ``[n + 1]`` time grid (data: new values do not recompile).
+      caches: from :func:`init_sampler_caches` or the previous chunk: leaves ``[n, stages, ...]``.
+      solver: any fixed-step solver.
+
+    Returns:
+      ``(x1_chunk, new_caches)``.
+    """
+    solver = get_solver(solver)
+    grid = validate_grid(grid)
+    grid = jnp.asarray(grid, jnp.result_type(x0_chunk.dtype, jnp.float32))
+    n = grid.shape[0] - 1
+    for leaf in jax.tree_util.tree_leaves(caches):
+        if leaf.shape[:2] != (n, solver.stages):
+            raise ValueError(
+                f"caches: expected leading axes (n={n}, stages={solver.stages}) matching the grid and solver, "
+                f"got {leaf.shape[:2]}"
+            )
+
+    def body(x, inputs):
+        t, dt, cache_s = inputs
+        x, cache_s = rk_step_cached(solver, velocity, t, dt, x, cond_chunk, cache_s)
+        return x.astype(x0_chunk.dtype), cache_s
+
+    return jax.lax.scan(body, x0_chunk, (grid[:-1], grid[1:] - grid[:-1], caches))
+
+
+def take_frames(noise: Float[Array, "T ..."], start: Int[Array, ""], length: int) -> Float[Array, "c ..."]:
+    """``noise[start : start + length]`` along axis 0 with a traced ``start`` (static ``length``)."""
+    return jax.lax.dynamic_slice_in_dim(noise, start, length, axis=0)
+
+
+def cache_nbytes(cache: PyTree) -> int:
+    """Bytes held by a cache pytree (constant over a stream by construction)."""
+    return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(cache)))
