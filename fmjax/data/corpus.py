@@ -1,0 +1,219 @@
+"""The speech corpus format: loading, per-record validation, and utterance records.
+
+A corpus directory (``data/corpus`` ships with the repository; ``python -m fmjax.data.prepare`` makes new ones)
+holds::
+
+    index.json      format tag and version, the mel front-end settings, vocab size, speaker names, and one
+                    record per utterance: {id, speaker, text, split: "train"|"valid", frames, tokens[, wav]}
+    features.npz    "mel": float16 [sum of frames, m] and "tokens": int16 [sum of tokens], the utterances
+                    concatenated in index order
+    speakers.npz    "names" [S], "embeddings" float32 [S, 192]
+    tokenizer.npz   the k-means speech tokenizer that made the tokens (:class:`SpeechTokenizer`)
+    wavs/           optional 24 kHz reference recordings named in the records' "wav" field
+
+Validation (:func:`load_corpus`):
+
+* **Corpus-level problems raise** ``ValueError`` (``FileNotFoundError`` for missing files): an unknown format
+  or version, a sample rate or mel front-end different from the one expected (a *sample-rate mismatch*),
+  feature arrays whose lengths disagree with the index, speaker embeddings of the wrong width.
+* **A bad record is skipped with a logged warning** and listed in ``Corpus.skipped`` as ``(id, reason)``
+  (or raises ``ValueError`` with ``strict=True``): an empty utterance (0 frames or 0 tokens), a token/mel length
+  mismatch (``frames != 2 * tokens``), token ids outside the vocabulary, non-finite mel values, an unknown
+  speaker or split, a duplicate id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+
+import numpy as np
+
+from fmjax.audio import MelConfig
+
+__all__ = ["DEFAULT_CORPUS", "FORMAT", "VERSION", "Utterance", "Corpus", "load_corpus", "corpus_paths"]
+
+log = logging.getLogger(__name__)
+
+# The repository's shipped corpus, found next to the package (works from any cwd with an editable install).
+DEFAULT_CORPUS = pathlib.Path(__file__).resolve().parents[2] / "data" / "corpus"
+FORMAT = "fmjax-speech-corpus"
+VERSION = 1
+FRAMES_PER_TOKEN = 2
+SPLITS = ("train", "valid")
+
+
+def corpus_paths(root) -> dict[str, pathlib.Path]:
+    """The files of a corpus directory, by role: index, features, speakers, tokenizer, wavs."""
+    root = pathlib.Path(os.fspath(root))
+    names = {"index": "index.json", "features": "features.npz", "speakers": "speakers.npz",
+             "tokenizer": "tokenizer.npz", "wavs": "wavs"}
+    return {role: root / name for role, name in names.items()}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Utterance:
+    """One validated utterance.
+
+    Attributes:
+      id: unique name; speaker: speaker name; speaker_index: row in ``Corpus.spk_embeddings``; text: transcript
+      (may be empty); mel: float32 ``[t, m]`` log-mel at 50 frames/s; tokens: int32 ``[t // 2]`` at 25 Hz
+      (``t == 2 * len(tokens)`` always); spk: float32 ``[192]`` speaker embedding; wav: reference recording or None.
+    """
+
+    id: str
+    speaker: str
+    speaker_index: int
+    text: str
+    mel: np.ndarray
+    tokens: np.ndarray
+    spk: np.ndarray
+    wav: pathlib.Path | None = None
+
+    @property
+    def frames(self) -> int:
+        return int(self.mel.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Corpus:
+    """A loaded corpus: utterances split into train/valid, speakers and their embeddings, and provenance."""
+
+    root: pathlib.Path
+    config: MelConfig
+    vocab_size: int
+    speakers: tuple[str, ...]
+    spk_embeddings: np.ndarray  # [S, 192]
+    train: tuple[Utterance, ...]
+    valid: tuple[Utterance, ...]
+    skipped: tuple[tuple[str, str], ...]
+    meta: dict
+
+    @property
+    def tokenizer_path(self) -> pathlib.Path:
+        return corpus_paths(self.root)["tokenizer"]
+
+    def tokenizer(self):
+        """The :class:`~fmjax.data.tokenizer.SpeechTokenizer` that made this corpus's tokens."""
+        from fmjax.data.tokenizer import SpeechTokenizer
+
+        return SpeechTokenizer.load(self.tokenizer_path)
+
+    def __repr__(self) -> str:
+        return (f"Corpus({str(self.root)!r}, train={len(self.train)}, valid={len(self.valid)}, "
+                f"speakers={len(self.speakers)}, vocab={self.vocab_size}, skipped={len(self.skipped)})")
+
+
+def _config_from_json(d: dict) -> MelConfig:
+    fields = {f.name for f in dataclasses.fields(MelConfig)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"index.json mel_config: unknown fields {sorted(unknown)}")
+    return MelConfig(**d)
+
+
+def _read_index(path: pathlib.Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"path: corpus index {str(path)!r} does not exist")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"path: {str(path)!r} is not valid JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"path: {str(path)!r} is not a corpus index (format {meta.get('format')!r}, expected {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"path: {str(path)!r} has corpus format version {meta.get('version')!r}, expected {VERSION}")
+    for key in ("mel_config", "vocab_size", "utterances"):
+        if key not in meta:
+            raise ValueError(f"path: {str(path)!r} lacks the field {key!r}")
+    return meta
+
+
+def _record_problem(rec: dict, mel: np.ndarray, tokens: np.ndarray, vocab: int, speakers: dict, seen: set) -> str | None:
+    """The reason a record is unusable, or None."""
+    if rec["id"] in seen:
+        return "duplicate id"
+    if rec.get("speaker") not in speakers:
+        return f"unknown speaker {rec.get('speaker')!r}"
+    if rec.get("split") not in SPLITS:
+        return f"unknown split {rec.get('split')!r} (expected one of {SPLITS})"
+    if mel.shape[0] == 0 or tokens.shape[0] == 0:
+        return f"empty utterance ({mel.shape[0]} frames, {tokens.shape[0]} tokens)"
+    if mel.shape[0] != FRAMES_PER_TOKEN * tokens.shape[0]:
+        return f"token/mel length mismatch: {mel.shape[0]} frames != {FRAMES_PER_TOKEN} x {tokens.shape[0]} tokens"
+    if tokens.min() < 0 or tokens.max() >= vocab:
+        return f"token ids outside [0, {vocab}): min {tokens.min()}, max {tokens.max()}"
+    if not np.all(np.isfinite(mel)):
+        return "non-finite mel values"
+    return None
+
+
+def load_corpus(path=None, *, config: MelConfig | None = MelConfig(), strict: bool = False) -> Corpus:
+    """Loads and validates a corpus directory (see the module docstring for the format and the error policy).
+
+    Args:
+      path: the corpus directory; None for the shipped one (:data:`DEFAULT_CORPUS`, resolved next to the
+        package, so it works from any working directory).
+      config: the mel front-end the caller expects (CosyVoice2's by default); a corpus made with other
+        settings (e.g. another sample rate) raises ``ValueError``. None accepts whatever the corpus declares.
+      strict: raise ``ValueError`` on the first bad record instead of skipping it with a warning.
+    """
+    root = DEFAULT_CORPUS if path is None else pathlib.Path(os.fspath(path))
+    if not root.is_dir():
+        hint = " (the shipped corpus lives in the repository: install fmjax with `pip install -e .`)" if path is None else ""
+        raise FileNotFoundError(f"path: corpus directory {str(root)!r} does not exist{hint}")
+    files = corpus_paths(root)
+    meta = _read_index(files["index"])
+    found = _config_from_json(meta["mel_config"])
+    if config is not None and found != config:
+        raise ValueError(
+            f"path: corpus {str(root)!r} was made with {found} (sample rate {found.sample_rate} Hz), "
+            f"expected {config} (sample rate {config.sample_rate} Hz)"
+        )
+    vocab = int(meta["vocab_size"])
+    for role in ("features", "speakers"):
+        if not files[role].is_file():
+            raise FileNotFoundError(f"path: corpus file {str(files[role])!r} does not exist")
+    with np.load(files["speakers"]) as f:
+        names = [str(n) for n in f["names"]]
+        spk_emb = np.asarray(f["embeddings"], np.float32)
+    spk_dim = int(meta.get("spk_dim", 192))
+    if spk_emb.shape != (len(names), spk_dim):
+        raise ValueError(f"speakers.npz: expected embeddings of shape ({len(names)}, {spk_dim}), got {spk_emb.shape}")
+    speakers = {n: i for i, n in enumerate(names)}
+    with np.load(files["features"]) as f:
+        mels, tokens = f["mel"], f["tokens"]
+    records = meta["utterances"]
+    n_frames = sum(int(r["frames"]) for r in records)
+    n_tokens = sum(int(r["tokens"]) for r in records)
+    if mels.ndim != 2 or mels.shape[1] != found.n_mels or mels.shape[0] != n_frames or tokens.shape != (n_tokens,):
+        raise ValueError(
+            f"features.npz: expected mel [{n_frames}, {found.n_mels}] and tokens [{n_tokens}] as the index lists, "
+            f"got mel {mels.shape} and tokens {tokens.shape}"
+        )
+    splits: dict[str, list[Utterance]] = {s: [] for s in SPLITS}
+    skipped, seen = [], set()
+    f0 = t0 = 0
+    for rec in records:
+        nf, nt = int(rec["frames"]), int(rec["tokens"])
+        mel = mels[f0 : f0 + nf].astype(np.float32)  # [t, m]
+        tok = tokens[t0 : t0 + nt].astype(np.int32)  # [t // 2]
+        f0, t0 = f0 + nf, t0 + nt
+        problem = _record_problem(rec, mel, tok, vocab, speakers, seen)
+        if problem is not None:
+            if strict:
+                raise ValueError(f"utterance {rec.get('id')!r} in {str(root)!r}: {problem}")
+            log.warning("skipping utterance %r: %s", rec.get("id"), problem)
+            skipped.append((str(rec.get("id")), problem))
+            continue
+        seen.add(rec["id"])
+        s = speakers[rec["speaker"]]
+        wav = root / rec["wav"] if rec.get("wav") else None
+        splits[rec["split"]].append(
+            Utterance(rec["id"], rec["speaker"], s, rec.get("text", ""), mel, tok, spk_emb[s], wav)
+        )
+    return Corpus(root, found, vocab, tuple(names), spk_emb, tuple(splits["train"]), tuple(splits["valid"]),
+                  tuple(skipped), meta)

@@ -1,0 +1,282 @@
+"""A folder of wavs -> a corpus directory (the format of :mod:`fmjax.data.corpus`), in one command::
+
+    python -m fmjax.data.prepare --wavs DIR --out DIR [--metadata FILE] [--fit-tokenizer K] [--keep-wavs valid]
+
+Inputs. Without ``--metadata`` every audio file under ``DIR`` (``.wav .flac .ogg``, searched recursively, sorted)
+is an utterance; its speaker is its folder relative to ``DIR`` (files directly in ``DIR``: speaker
+``"speaker0"``) and its transcript a sibling ``<name>.txt`` if present. With ``--metadata`` each line is
+``relative/path.wav|speaker|text`` (paths relative to ``DIR``).
+
+Audio policy. A file that cannot be read, is empty or shorter than one token (2 frames), or has a sample
+rate below ``--min-sample-rate`` (16 kHz) is **skipped with a logged reason** (listed under ``"skipped"`` in
+index.json; ``--strict`` makes it an error). Other sample rates are **resampled** to 24 kHz (``--no-resample``
+rejects them instead). Channels are averaged; a signal peaking above 1 is scaled to peak 1 (as CosyVoice does).
+
+Features. Log-mels with :func:`fmjax.audio.log_mel` (CosyVoice2 settings), stored as float16; tokens are made
+from the stored (float16-rounded) mel, trimmed to an even number of frames, with the shipped tokenizer
+(``data/corpus/tokenizer.npz``) unless ``--tokenizer`` names another or ``--fit-tokenizer K`` fits K centroids
+on the training split. Split: per speaker, ``--valid-per-speaker`` utterances (default 4, at most all but one)
+chosen by a stable hash of ``(seed, id)`` go to validation.
+
+Speaker embeddings (192-d). For each speaker, over its training frames: the per-bin mean ``mu_s`` and std
+``sd_s`` of the log-mel; with the same over all training frames (``mu``, ``sd``), the statistics
+``z_s = [(mu_s - mu) / sd, log(sd_s / sd)]`` (160-d) are projected by a fixed Gaussian matrix
+``P = RandomState(0).standard_normal((160, 192)) / sqrt(160)`` (numpy's legacy generator, whose stream is
+frozen): ``e_s = z_s @ P``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+from fmjax import audio
+from fmjax.data import corpus as corpus_lib
+from fmjax.data.tokenizer import SpeechTokenizer
+
+__all__ = ["prepare_corpus", "speaker_embeddings", "find_inputs", "main"]
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+SPK_DIM = 192
+PROJECTION_SEED = 0
+
+
+class PrepareError(ValueError):
+    """An input could not be used and ``strict`` was set, or the inputs as a whole are unusable."""
+
+
+def find_inputs(wav_dir, metadata=None) -> list[tuple[str, pathlib.Path, str, str]]:
+    """The utterances to prepare as ``(id, path, speaker, text)``, sorted by id (see the module docstring)."""
+    wav_dir = pathlib.Path(os.fspath(wav_dir))
+    if not wav_dir.is_dir():
+        raise FileNotFoundError(f"wavs: directory {str(wav_dir)!r} does not exist")
+    entries = []
+    if metadata is not None:
+        for n, line in enumerate(pathlib.Path(os.fspath(metadata)).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split("|", 2)
+            if len(parts) != 3:
+                raise PrepareError(f"metadata line {n}: expected 'path|speaker|text', got {line!r}")
+            rel, speaker, text = (p.strip() for p in parts)
+            entries.append((pathlib.PurePosixPath(rel).with_suffix("").as_posix(), wav_dir / rel, speaker, text))
+    else:
+        for path in sorted(p for p in wav_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
+            rel = path.relative_to(wav_dir)
+            speaker = rel.parent.as_posix() if rel.parent != pathlib.Path(".") else "speaker0"
+            txt = path.with_suffix(".txt")
+            text = txt.read_text().strip() if txt.is_file() else ""
+            entries.append((rel.with_suffix("").as_posix(), path, speaker, text))
+    ids = [e[0] for e in entries]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise PrepareError(f"wavs: utterance ids must be unique, these repeat: {dup[:5]}")
+    return sorted(entries)
+
+
+def _stable_rank(seed: int, uid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{uid}".encode(), digest_size=8).digest(), "little")
+
+
+def _split(utts: list[dict], valid_per_speaker: int, seed: int) -> None:
+    by_spk: dict[str, list[dict]] = {}
+    for u in utts:
+        by_spk.setdefault(u["speaker"], []).append(u)
+    for members in by_spk.values():
+        members = sorted(members, key=lambda u: _stable_rank(seed, u["id"]))
+        n_valid = min(valid_per_speaker, len(members) - 1)
+        for k, u in enumerate(members):
+            u["split"] = "valid" if k < n_valid else "train"
+
+
+def speaker_embeddings(mels_by_speaker: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """192-d speaker embeddings from each speaker's ``[t, m]`` log-mels (recipe in the module docstring)."""
+    frames = {s: np.concatenate(ms, axis=0).astype(np.float64) for s, ms in mels_by_speaker.items()}
+    every = np.concatenate(list(frames.values()), axis=0)
+    mu, sd = every.mean(axis=0), np.maximum(every.std(axis=0), 1e-5)
+    proj = np.random.RandomState(PROJECTION_SEED).standard_normal((2 * every.shape[1], SPK_DIM)) / np.sqrt(
+        2 * every.shape[1]
+    )
+    out = {}
+    for s, x in frames.items():
+        z = np.concatenate([(x.mean(axis=0) - mu) / sd, np.log(np.maximum(x.std(axis=0), 1e-5) / sd)])  # [2m]
+        out[s] = (z @ proj).astype(np.float32)  # [192]
+    return out
+
+
+_LOG_MEL = jax.jit(audio.log_mel, static_argnames="config")  # compiles once per distinct wav length
+
+
+def _load_mel(path: pathlib.Path, config: audio.MelConfig, resample: bool, min_sample_rate: int):
+    """``(mel [2u, m] float32 as stored, sample_rate)`` or raises ``audio.AudioError`` with the reason."""
+    import soundfile as sf
+
+    try:
+        sr = sf.info(str(path)).samplerate
+    except Exception as e:
+        raise audio.AudioError(f"unreadable audio ({type(e).__name__}: {e})") from e
+    if sr < min_sample_rate:
+        raise audio.AudioError(f"sample rate {sr} Hz is below the minimum {min_sample_rate} Hz")
+    if sr != config.sample_rate and not resample:
+        raise audio.AudioError(f"sample rate {sr} Hz != {config.sample_rate} Hz (resampling disabled)")
+    wav, _ = audio.load_wav(path, config.sample_rate, resample_to_sr=True)
+    peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+    if peak > 1.0:
+        wav = wav / peak
+    if wav.size <= config.pad or audio.num_frames(wav.size, config) < 2:
+        raise audio.AudioError(f"empty or too short ({wav.size} samples; one token needs 2 frames)")
+    mel = np.asarray(_LOG_MEL(wav, config=config)).astype(np.float16).astype(np.float32)  # [t, m]
+    return mel[: 2 * (mel.shape[0] // 2)], sr, wav
+
+
+def prepare_corpus(
+    wav_dir,
+    out_dir,
+    *,
+    metadata=None,
+    tokenizer=None,
+    fit_vocab: int | None = None,
+    kmeans_iters: int = 50,
+    valid_per_speaker: int = 4,
+    seed: int = 0,
+    keep_wavs: str = "none",
+    resample: bool = True,
+    min_sample_rate: int = 16000,
+    strict: bool = False,
+    config: audio.MelConfig = audio.MelConfig(),
+    source: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Builds a corpus directory from audio files; returns the index (also written to ``out_dir/index.json``).
+
+    Args:
+      wav_dir, out_dir: input folder and output corpus directory (created).
+      metadata: optional ``path|speaker|text`` file.
+      tokenizer: a tokenizer ``.npz`` (default: the shipped corpus's); ignored when ``fit_vocab`` is set.
+      fit_vocab: fit a new tokenizer with this many centroids on the training split (``kmeans_iters`` Lloyd
+        iterations from k-means++ seeded with ``jax.random.key(seed)``).
+      valid_per_speaker: validation utterances per speaker.
+      keep_wavs: ``"none"``, ``"valid"`` or ``"all"``: copy those utterances' 24 kHz audio to ``wavs/`` as FLAC.
+      resample, min_sample_rate, strict: the audio policy (module docstring).
+      source: free-form provenance stored in the index.
+    """
+    from tqdm import tqdm
+
+    if keep_wavs not in ("none", "valid", "all"):
+        raise ValueError(f"keep_wavs: expected 'none', 'valid' or 'all', got {keep_wavs!r}")
+    out = pathlib.Path(os.fspath(out_dir))
+    files = corpus_lib.corpus_paths(out)
+    entries = find_inputs(wav_dir, metadata)
+    utts, skipped, mels, wavs = [], [], {}, {}
+    for uid, path, speaker, text in tqdm(entries, desc="log-mel", disable=not progress, unit="wav"):
+        try:
+            mel, sr, wav = _load_mel(path, config, resample, min_sample_rate)
+        except (audio.AudioError, FileNotFoundError) as e:
+            if strict:
+                raise PrepareError(f"{str(path)!r}: {e}") from e
+            log.warning("skipping %s: %s", path, e)
+            skipped.append({"path": str(path.relative_to(wav_dir)) if path.is_relative_to(wav_dir) else str(path),
+                            "reason": str(e)})
+            continue
+        utts.append({"id": uid, "speaker": speaker, "text": text, "source_sample_rate": sr})
+        mels[uid], wavs[uid] = mel, wav
+    if not utts:
+        raise PrepareError(f"wavs: no usable audio under {str(wav_dir)!r} ({len(skipped)} skipped)")
+    _split(utts, valid_per_speaker, seed)
+    train_mels = [mels[u["id"]] for u in utts if u["split"] == "train"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    if fit_vocab is not None:
+        tok, objective = SpeechTokenizer.fit(train_mels, fit_vocab, jax.random.key(seed), kmeans_iters)
+        tok_info = {"fitted": True, "vocab_size": fit_vocab, "kmeans_iters": kmeans_iters, "seed": seed,
+                    "objective_first": float(objective[0]), "objective_last": float(objective[-1])}
+    else:
+        src = corpus_lib.corpus_paths(corpus_lib.DEFAULT_CORPUS)["tokenizer"] if tokenizer is None else tokenizer
+        tok = SpeechTokenizer.load(src)
+        tok_info = {"fitted": False, "from": str(src)}
+    if tok.n_mels != config.n_mels:
+        raise PrepareError(f"tokenizer: expects {tok.n_mels} mel bins, the front-end makes {config.n_mels}")
+    tok.save(files["tokenizer"])
+
+    tokens = {}
+    for u in tqdm(utts, desc="tokens", disable=not progress, unit="utt"):
+        tokens[u["id"]] = np.asarray(tok.encode(mels[u["id"]]), np.int16)
+        u["frames"], u["tokens"] = int(mels[u["id"]].shape[0]), int(tokens[u["id"]].shape[0])
+        if keep_wavs == "all" or (keep_wavs == "valid" and u["split"] == "valid"):
+            rel = f"wavs/{u['id'].replace('/', '__')}.flac"
+            audio.save_wav(out / rel, wavs[u["id"]], config.sample_rate)
+            u["wav"] = rel
+
+    by_spk: dict[str, list[np.ndarray]] = {}  # every speaker keeps at least one training utterance
+    for u in utts:
+        if u["split"] == "train":
+            by_spk.setdefault(u["speaker"], []).append(mels[u["id"]])
+    emb = speaker_embeddings(by_spk)
+    names = sorted(emb)
+    np.savez(files["speakers"], names=np.array(names), embeddings=np.stack([emb[n] for n in names]))
+    np.savez_compressed(
+        files["features"],
+        mel=np.concatenate([mels[u["id"]] for u in utts]).astype(np.float16),
+        tokens=np.concatenate([tokens[u["id"]] for u in utts]),
+    )
+    index = {
+        "format": corpus_lib.FORMAT,
+        "version": corpus_lib.VERSION,
+        "mel_config": dataclasses.asdict(config),
+        "frames_per_token": corpus_lib.FRAMES_PER_TOKEN,
+        "vocab_size": tok.vocab_size,
+        "spk_dim": SPK_DIM,
+        "speaker_embedding": {"recipe": "fmjax.data.prepare.speaker_embeddings", "projection_seed": PROJECTION_SEED},
+        "tokenizer": tok_info,
+        "split": {"valid_per_speaker": valid_per_speaker, "seed": seed},
+        "speakers": names,
+        "source": source or {},
+        "skipped": skipped,
+        "utterances": utts,
+    }
+    files["index"].write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+    return index
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fmjax.data.prepare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--wavs", required=True, help="folder of audio files (subfolders = speakers)")
+    p.add_argument("--out", required=True, help="corpus directory to write")
+    p.add_argument("--metadata", help="optional 'path|speaker|text' lines")
+    p.add_argument("--tokenizer", help="tokenizer .npz to use (default: the shipped corpus's)")
+    p.add_argument("--fit-tokenizer", type=int, metavar="K", help="fit a new K-centroid tokenizer instead")
+    p.add_argument("--kmeans-iters", type=int, default=50)
+    p.add_argument("--valid-per-speaker", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-wavs", choices=("none", "valid", "all"), default="none")
+    p.add_argument("--no-resample", action="store_true", help="reject other sample rates instead of resampling")
+    p.add_argument("--min-sample-rate", type=int, default=16000)
+    p.add_argument("--strict", action="store_true", help="stop at the first unusable file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    index = prepare_corpus(
+        args.wavs, args.out, metadata=args.metadata, tokenizer=args.tokenizer, fit_vocab=args.fit_tokenizer,
+        kmeans_iters=args.kmeans_iters, valid_per_speaker=args.valid_per_speaker, seed=args.seed,
+        keep_wavs=args.keep_wavs, resample=not args.no_resample, min_sample_rate=args.min_sample_rate,
+        strict=args.strict,
+    )
+    n_valid = sum(u["split"] == "valid" for u in index["utterances"])
+    print(f"wrote {args.out}: {len(index['utterances'])} utterances ({n_valid} valid), "
+          f"{len(index['speakers'])} speakers, vocab {index['vocab_size']}, {len(index['skipped'])} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
