@@ -160,15 +160,16 @@ def _polyphase_filter(up: int, down: int, zero_crossings: int, beta: float) -> n
 
 
 def resample(
-    x, sr_in: int, sr_out: int, *, zero_crossings: int = 10, beta: float = 5.0, block: int = 1 << 16
+    x, sr_in: int, sr_out: int, *, zero_crossings: int = 16, beta: float = 10.0, block: int = 1 << 16
 ) -> np.ndarray:
     """Band-limited polyphase resampling of a ``[..., L]`` signal from ``sr_in`` to ``sr_out`` (numpy, float32).
 
     The rate ratio is reduced to ``up/down``; the signal is conceptually zero-stuffed by ``up``, low-passed by
     a Kaiser-windowed sinc (``zero_crossings`` lobes each side, Kaiser ``beta``; cutoff at the lower of the two
-    Nyquist frequencies) and kept every ``down``-th sample, with the filter delay removed. This is the method
-    (and, with the defaults, the filter) of ``scipy.signal.resample_poly``. Output length:
-    ``ceil(L * sr_out / sr_in)``.
+    Nyquist frequencies) and kept every ``down``-th sample, with the filter delay removed: the method of
+    ``scipy.signal.resample_poly`` (whose default filter is ``zero_crossings=10, beta=5``). The defaults here
+    keep a sine's amplitude within 1e-4 below 0.75 x the lower Nyquist and attenuate aliases by about 100 dB.
+    Output length: ``ceil(L * sr_out / sr_in)``.
     """
     for name, value in (("sr_in", sr_in), ("sr_out", sr_out)):
         if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0):

@@ -34,7 +34,7 @@ import numpy as np
 
 from fmjax.audio import MelConfig
 
-__all__ = ["DEFAULT_CORPUS", "FORMAT", "VERSION", "Utterance", "Corpus", "load_corpus", "corpus_paths"]
+__all__ = ["DEFAULT_CORPUS", "FORMAT", "VERSION", "Utterance", "Corpus", "load_corpus", "save_corpus", "corpus_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,62 @@ class Corpus:
     def __repr__(self) -> str:
         return (f"Corpus({str(self.root)!r}, train={len(self.train)}, valid={len(self.valid)}, "
                 f"speakers={len(self.speakers)}, vocab={self.vocab_size}, skipped={len(self.skipped)})")
+
+
+def save_corpus(
+    root,
+    *,
+    config: MelConfig,
+    vocab_size: int,
+    speakers: dict[str, np.ndarray],
+    records: list[dict],
+    mels: list[np.ndarray],
+    tokens: list[np.ndarray],
+    meta: dict | None = None,
+) -> dict:
+    """Writes index.json, features.npz and speakers.npz (the tokenizer and wavs are the caller's).
+
+    Args:
+      root: the corpus directory (created).
+      config: the mel front-end the features were made with.
+      vocab_size: the token vocabulary size.
+      speakers: name -> float32 ``[s]`` embedding.
+      records: one dict per utterance with at least ``id``, ``speaker``, ``text``, ``split`` (more keys are
+        kept); ``frames`` and ``tokens`` are filled in from the arrays.
+      mels, tokens: ``[t, m]`` and ``[u]`` per record (stored as float16 / int16; written as given, unvalidated,
+        so that tests can write bad records).
+      meta: extra top-level index fields (provenance).
+
+    Returns:
+      the index dict that was written.
+    """
+    if not len(records) == len(mels) == len(tokens):
+        raise ValueError(f"records, mels, tokens: expected equal lengths, got {len(records)}, {len(mels)}, {len(tokens)}")
+    files = corpus_paths(root)
+    files["index"].parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(speakers)
+    emb = np.stack([np.asarray(speakers[n], np.float32) for n in names]) if names else np.zeros((0, 192), np.float32)
+    np.savez(files["speakers"], names=np.array(names), embeddings=emb)
+    m = config.n_mels
+    np.savez_compressed(
+        files["features"],
+        mel=np.concatenate([np.asarray(x, np.float16).reshape(-1, m) for x in mels] or [np.zeros((0, m), np.float16)]),
+        tokens=np.concatenate([np.asarray(x, np.int16).reshape(-1) for x in tokens] or [np.zeros((0,), np.int16)]),
+    )
+    records = [dict(r, frames=int(np.shape(x)[0]), tokens=int(np.size(t))) for r, x, t in zip(records, mels, tokens)]
+    index = {
+        "format": FORMAT,
+        "version": VERSION,
+        "mel_config": dataclasses.asdict(config),
+        "frames_per_token": FRAMES_PER_TOKEN,
+        "vocab_size": int(vocab_size),
+        "spk_dim": int(emb.shape[1]),
+        "speakers": names,
+        **(meta or {}),
+        "utterances": records,
+    }
+    files["index"].write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+    return index
 
 
 def _config_from_json(d: dict) -> MelConfig:

@@ -28,9 +28,8 @@ frozen): ``e_s = z_s @ P``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
-import json
+import io
 import logging
 import os
 import pathlib
@@ -118,6 +117,16 @@ def speaker_embeddings(mels_by_speaker: dict[str, list[np.ndarray]]) -> dict[str
 _LOG_MEL = jax.jit(audio.log_mel, static_argnames="config")  # compiles once per distinct wav length
 
 
+def _pcm16(wav: np.ndarray, sr: int) -> np.ndarray:
+    """The signal as it reads back from a 16-bit file, so that a kept FLAC reproduces the stored mel exactly."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
+    buf.seek(0)
+    return sf.read(buf, dtype="float32")[0]
+
+
 def _load_mel(path: pathlib.Path, config: audio.MelConfig, resample: bool, min_sample_rate: int):
     """``(mel [2u, m] float32 as stored, sample_rate)`` or raises ``audio.AudioError`` with the reason."""
     import soundfile as sf
@@ -134,6 +143,7 @@ def _load_mel(path: pathlib.Path, config: audio.MelConfig, resample: bool, min_s
     peak = float(np.max(np.abs(wav))) if wav.size else 0.0
     if peak > 1.0:
         wav = wav / peak
+    wav = _pcm16(wav, config.sample_rate)
     if wav.size <= config.pad or audio.num_frames(wav.size, config) < 2:
         raise audio.AudioError(f"empty or too short ({wav.size} samples; one token needs 2 frames)")
     mel = np.asarray(_LOG_MEL(wav, config=config)).astype(np.float16).astype(np.float32)  # [t, m]
@@ -212,7 +222,6 @@ def prepare_corpus(
     tokens = {}
     for u in tqdm(utts, desc="tokens", disable=not progress, unit="utt"):
         tokens[u["id"]] = np.asarray(tok.encode(mels[u["id"]]), np.int16)
-        u["frames"], u["tokens"] = int(mels[u["id"]].shape[0]), int(tokens[u["id"]].shape[0])
         if keep_wavs == "all" or (keep_wavs == "valid" and u["split"] == "valid"):
             rel = f"wavs/{u['id'].replace('/', '__')}.flac"
             audio.save_wav(out / rel, wavs[u["id"]], config.sample_rate)
@@ -222,30 +231,17 @@ def prepare_corpus(
     for u in utts:
         if u["split"] == "train":
             by_spk.setdefault(u["speaker"], []).append(mels[u["id"]])
-    emb = speaker_embeddings(by_spk)
-    names = sorted(emb)
-    np.savez(files["speakers"], names=np.array(names), embeddings=np.stack([emb[n] for n in names]))
-    np.savez_compressed(
-        files["features"],
-        mel=np.concatenate([mels[u["id"]] for u in utts]).astype(np.float16),
-        tokens=np.concatenate([tokens[u["id"]] for u in utts]),
-    )
-    index = {
-        "format": corpus_lib.FORMAT,
-        "version": corpus_lib.VERSION,
-        "mel_config": dataclasses.asdict(config),
-        "frames_per_token": corpus_lib.FRAMES_PER_TOKEN,
-        "vocab_size": tok.vocab_size,
-        "spk_dim": SPK_DIM,
+    meta = {
         "speaker_embedding": {"recipe": "fmjax.data.prepare.speaker_embeddings", "projection_seed": PROJECTION_SEED},
         "tokenizer": tok_info,
         "split": {"valid_per_speaker": valid_per_speaker, "seed": seed},
-        "speakers": names,
         "source": source or {},
         "skipped": skipped,
-        "utterances": utts,
     }
-    files["index"].write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+    index = corpus_lib.save_corpus(
+        out, config=config, vocab_size=tok.vocab_size, speakers=speaker_embeddings(by_spk), records=utts,
+        mels=[mels[u["id"]] for u in utts], tokens=[tokens[u["id"]] for u in utts], meta=meta,
+    )
     return index
 
 
