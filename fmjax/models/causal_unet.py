@@ -37,6 +37,7 @@ from fmjax.nn.embeddings import TimestepEmbedding, sinusoidal_embedding
 from fmjax.nn.masks import attention_mask
 from fmjax.nn.transformer import FF_ACTIVATIONS, TransformerBlock
 from fmjax.nn.unet_blocks import CausalBlock1D, ResnetBlock1D, ResnetCache
+from fmjax.streaming import cache_nbytes
 from fmjax.typing import Array, Float
 
 
@@ -253,6 +254,11 @@ class CausalConditionalDecoder(nn.Module):
 
         mid = _stack(stage(d), cfg.num_mid_blocks)
         return CausalUNetCache(stage(cfg.in_channels), conv(d), mid, stage(2 * d), conv(d), conv(d))
+
+    @nn.nowrap
+    def cache_nbytes(self, batch: int, window: int, dtype=jnp.float32) -> int:
+        """Bytes of the streaming state from :meth:`init_cache` (computed from shapes; nothing is allocated)."""
+        return cache_nbytes(jax.eval_shape(lambda: self.init_cache(batch, window, dtype)))
 
     def _check(self, x, cond, t, cache, streaming) -> Array:
         cfg = self.config

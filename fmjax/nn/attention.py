@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from fmjax.nn.masks import chunk_visibility, fill_empty_rows
-from fmjax.typing import Array, Bool, Float, Int, PyTree
+from fmjax.typing import Array, Bool, Float, Int
 
 
 class KVCache(NamedTuple):
@@ -86,6 +86,9 @@ def dot_product_attention(
 ) -> Float[Array, "b t h k"]:
     """``softmax(q·kᵀ·scale + bias, masked) · v`` per head; logits and softmax in float32.
 
+    Long sequences are processed in blocks of queries (a ``lax.map``), so that the ``[b, h, block, s]`` logits
+    stay in cache instead of streaming a ``[b, h, t, s]`` array through memory; the result is the same.
+
     Args:
       q: ``[b, t, h, k]``; k, v: ``[b, s, h, k]``.
       mask: bool, True = visible, broadcastable to ``[b, t, s]`` (shared by heads) or ``[b, h, t, s]``
@@ -96,14 +99,69 @@ def dot_product_attention(
     Returns:
       ``[b, t, h, k]`` in ``v``'s dtype.
     """
+    b, t, h, _ = q.shape
+    s = k.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale  # [b, h, t, s]
+    extras = {name: _as_4d(a, name, b, h, t, s) for name, a in (("mask", mask), ("bias", bias)) if a is not None}
+    qh, kh, vh = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # head-major [b, h, t|s, k]
+    block = _query_block(b * h, t, s)
+    if block >= t:
+        return jnp.swapaxes(_attend(qh, kh, vh, extras.get("mask"), extras.get("bias"), scale), 1, 2)
+    n = -(-t // block)
+
+    def split(a, fill):  # [b, h, t, ...] -> [n, b, h, block, ...]; broadcast (size-1) axes are not split
+        if a.shape[2] == 1:
+            return None
+        a = jnp.pad(a, [(0, 0), (0, 0), (0, n * block - t)] + [(0, 0)] * (a.ndim - 3), constant_values=fill)
+        return jnp.moveaxis(a.reshape(a.shape[:2] + (n, block) + a.shape[3:]), 2, 0)
+
+    blocks = {"q": split(qh, 0)}
+    blocks.update({name: split(a, name == "mask") for name, a in extras.items()})
+    blocks = {name: a for name, a in blocks.items() if a is not None}
+    fixed = {name: a for name, a in extras.items() if name not in blocks}
+
+    def one(xs):
+        parts = {**fixed, **xs}
+        return _attend(parts["q"], kh, vh, parts.get("mask"), parts.get("bias"), scale)  # [b, h, block, k]
+
+    out = jax.lax.map(one, blocks)  # [n, b, h, block, k]
+    out = jnp.moveaxis(out, 0, 2).reshape(b, h, n * block, -1)[:, :, :t]  # [b, h, t, k]
+    return jnp.swapaxes(out, 1, 2)  # [b, t, h, k]
+
+
+def _as_4d(a, name, b, h, t, s):
+    a = jnp.asarray(a)
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4:
+        raise ValueError(f"{name}: expected 3 or 4 dims broadcastable to [b, t, s] / [b, h, t, s], got {a.shape}")
+    try:
+        jnp.broadcast_shapes(a.shape, (b, h, t, s))
+    except ValueError:
+        raise ValueError(f"{name}: shape {a.shape} does not broadcast to [b, h, t, s] = {(b, h, t, s)}") from None
+    return a
+
+
+_BLOCK_BYTES = 4 * 2**20  # target size of one block of float32 logits
+
+
+def _query_block(bh: int, t: int, s: int) -> int:
+    if bh * t * s * 4 <= 2 * _BLOCK_BYTES:
+        return t
+    return max(16, _BLOCK_BYTES // (bh * s * 4))
+
+
+def _attend(q, k, v, mask, bias, scale):
+    """Head-major attention: q ``[b, h, t, k]``, k/v ``[b, h, s, k]`` -> ``[b, h, t, k]``."""
+    logits = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32) * scale  # [b, h, t, s]
     if bias is not None:
-        logits = logits + (bias[:, None] if bias.ndim == 3 else bias).astype(jnp.float32)
+        logits = logits + bias.astype(jnp.float32)
     if mask is not None:
-        logits = jnp.where(mask[:, None] if mask.ndim == 3 else mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [b, h, t, s]
-    return jnp.einsum("bhts,bshk->bthk", probs, v)  # [b, t, h, k]
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    probs = jnp.exp(logits)  # unnormalised; normalise the [t, k] output instead of the [t, s] weights
+    out = jnp.einsum("bhts,bhsk->bhtk", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / jnp.sum(probs, axis=-1, keepdims=True)).astype(v.dtype)  # [b, h, t, k]
 
 
 def cached_attention(
@@ -188,7 +246,3 @@ class MultiHeadAttention(nn.Module):
         """Empty ring buffer of ``window`` slots for this layer."""
         return init_kv_cache(batch, window, self.heads, self.head_dim, dtype)
 
-
-def cache_nbytes(cache: PyTree) -> int:
-    """Bytes held by a cache pytree (arrays or ``jax.ShapeDtypeStruct``s)."""
-    return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(cache)))
