@@ -176,7 +176,7 @@ def resample(
             raise ValueError(f"{name}: expected a positive int sample rate, got {value!r}")
     x = np.asarray(x, np.float32)
     if x.ndim < 1:
-        raise ValueError(f"x: expected a signal of shape [..., L], got a scalar")
+        raise ValueError("x: expected a signal of shape [..., L], got a scalar")
     if sr_in == sr_out:
         return x.copy()
     g = math.gcd(int(sr_in), int(sr_out))

@@ -95,7 +95,8 @@ def sentences(n: int, seed: int = 0) -> list[str]:
         weather, weather_verb = WEATHER[rng.randint(len(WEATHER))]
         name = pick(NAMES)
         fields = dict(adj=pick(ADJS), noun=pick(NOUNS), thing=pick(THINGS), place=pick(PLACES),
-                      verb_past=pick(VERBS_PAST), verb_move=pick(VERBS_MOVE), verb_obj=pick(VERBS_OBJ), verb_base=pick(VERBS_BASE),
+                      verb_past=pick(VERBS_PAST), verb_move=pick(VERBS_MOVE), verb_obj=pick(VERBS_OBJ),
+                      verb_base=pick(VERBS_BASE),
                       prep=pick(PREPS), time=pick(TIMES), adv=pick(ADVS), name=name,
                       name2=pick(tuple(x for x in NAMES if x != name)), number=pick(NUMBERS),
                       weather=weather, weather_verb=weather_verb)

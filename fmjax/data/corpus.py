@@ -135,7 +135,9 @@ def save_corpus(
       the index dict that was written.
     """
     if not len(records) == len(mels) == len(tokens):
-        raise ValueError(f"records, mels, tokens: expected equal lengths, got {len(records)}, {len(mels)}, {len(tokens)}")
+        raise ValueError(
+            f"records, mels, tokens: expected equal lengths, got {len(records)}, {len(mels)}, {len(tokens)}"
+        )
     files = corpus_paths(root)
     files["index"].parent.mkdir(parents=True, exist_ok=True)
     names = sorted(speakers)
@@ -179,7 +181,9 @@ def _read_index(path: pathlib.Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"path: {str(path)!r} is not valid JSON ({e})") from e
     if meta.get("format") != FORMAT:
-        raise ValueError(f"path: {str(path)!r} is not a corpus index (format {meta.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(
+            f"path: {str(path)!r} is not a corpus index (format {meta.get('format')!r}, expected {FORMAT!r})"
+        )
     if meta.get("version") != VERSION:
         raise ValueError(f"path: {str(path)!r} has corpus format version {meta.get('version')!r}, expected {VERSION}")
     for key in ("mel_config", "vocab_size", "utterances"):
@@ -188,7 +192,9 @@ def _read_index(path: pathlib.Path) -> dict:
     return meta
 
 
-def _record_problem(rec: dict, mel: np.ndarray, tokens: np.ndarray, vocab: int, speakers: dict, seen: set) -> str | None:
+def _record_problem(
+    rec: dict, mel: np.ndarray, tokens: np.ndarray, vocab: int, speakers: dict, seen: set
+) -> str | None:
     """The reason a record is unusable, or None."""
     if rec["id"] in seen:
         return "duplicate id"
@@ -219,7 +225,9 @@ def load_corpus(path=None, *, config: MelConfig | None = MelConfig(), strict: bo
     """
     root = DEFAULT_CORPUS if path is None else pathlib.Path(os.fspath(path))
     if not root.is_dir():
-        hint = " (the shipped corpus lives in the repository: install fmjax with `pip install -e .`)" if path is None else ""
+        hint = ""
+        if path is None:
+            hint = " (the shipped corpus lives in the repository: install fmjax with `pip install -e .`)"
         raise FileNotFoundError(f"path: corpus directory {str(root)!r} does not exist{hint}")
     files = corpus_paths(root)
     meta = _read_index(files["index"])

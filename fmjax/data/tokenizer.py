@@ -95,7 +95,10 @@ def fit_kmeans(x: Float[Array, "n d"], k: int, key: Key, n_iter: int = 50):
 
 
 def pair_frames(mel: Float[Array, "*b t m"]) -> Float[Array, "*b u 2m"]:
-    """Drops an odd last frame and joins frames ``2u, 2u + 1`` into one ``2m`` vector per token: ``[..., t // 2, 2m]``."""
+    """Drops an odd last frame and joins frames ``2u, 2u + 1`` into one ``2m`` vector per token.
+
+    ``[..., t, m] -> [..., t // 2, 2m]``.
+    """
     t, m = mel.shape[-2], mel.shape[-1]
     mel = mel[..., : 2 * (t // 2), :]
     return mel.reshape(*mel.shape[:-2], t // 2, 2 * m)  # [..., t // 2, 2m]

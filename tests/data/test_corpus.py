@@ -69,7 +69,8 @@ def _write(root, records, mels, tokens, *, config=audio.MelConfig(n_mels=4), voc
 
 def _good(uid, speaker="a", split="train", n=3):
     rng = np.random.default_rng(len(uid))
-    return {"id": uid, "speaker": speaker, "text": uid, "split": split}, rng.standard_normal((2 * n, 4)), np.arange(n) % 10
+    record = {"id": uid, "speaker": speaker, "text": uid, "split": split}
+    return record, rng.standard_normal((2 * n, 4)), np.arange(n) % 10
 
 
 def _bad_corpus(root):
