@@ -10,7 +10,8 @@ is an utterance; its speaker is its folder relative to ``DIR`` (files directly i
 Audio policy. A file that cannot be read, is empty or shorter than one token (2 frames), or has a sample
 rate below ``--min-sample-rate`` (16 kHz) is **skipped with a logged reason** (listed under ``"skipped"`` in
 index.json; ``--strict`` makes it an error). Other sample rates are **resampled** to 24 kHz (``--no-resample``
-rejects them instead). Channels are averaged; a signal peaking above 1 is scaled to peak 1 (as CosyVoice does).
+rejects them instead). Channels are averaged; a signal peaking above 1 is scaled to peak 1 (as CosyVoice does);
+the 24 kHz signal is rounded to 16-bit PCM before the front-end, so a kept FLAC reproduces its stored mel.
 
 Features. Log-mels with :func:`fmjax.audio.log_mel` (CosyVoice2 settings), stored as float16; tokens are made
 from the stored (float16-rounded) mel, trimmed to an even number of frames, with the shipped tokenizer

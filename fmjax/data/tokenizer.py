@@ -94,7 +94,7 @@ def fit_kmeans(x: Float[Array, "n d"], k: int, key: Key, n_iter: int = 50):
     return lloyd(x, kmeans_plus_plus(x, k, key), n_iter)
 
 
-def pair_frames(mel: Float[Array, "*b t m"]) -> Float[Array, "*b u 2m"]:
+def pair_frames(mel: Float[Array, "*b t m"]) -> Float[Array, "*b u d"]:
     """Drops an odd last frame and joins frames ``2u, 2u + 1`` into one ``2m`` vector per token.
 
     ``[..., t, m] -> [..., t // 2, 2m]``.
