@@ -1,0 +1,1 @@
+"""Experiments, one file each (``PRESETS``, ``get_config(preset)``, ``build(config)``): ``toy2d``."""

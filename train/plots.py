@@ -1,0 +1,74 @@
+"""PNG figures of a run (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_loss_curve", "plot_points"]
+
+
+def plot_loss_curve(rows: list[dict], path, title: str = "") -> pathlib.Path:
+    """Training (and validation) loss against step, and the latest validation loss per flow-time bin.
+
+    Args:
+      rows: ``metrics.jsonl`` rows (:func:`train.metrics.read_metrics`).
+      path: the PNG to write.
+    """
+    train = [r for r in rows if r.get("kind") == "train" and "loss" in r]
+    evals = [r for r in rows if r.get("kind") == "eval" and "val_loss" in r]
+    per_t = [r for r in evals if "val_loss_per_t" in r]
+    fig, axes = plt.subplots(1, 2 if per_t else 1, figsize=(11 if per_t else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss")
+    values = [r["loss"] for r in train] + [r["val_loss"] for r in evals]
+    if values and min(values) > 0 and max(values) / min(values) > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss (MSE)")
+    ax.set_title(f"{title} loss" if title else "loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if per_t:
+        last = per_t[-1]
+        values = np.asarray(last["val_loss_per_t"], float)
+        centres = (np.arange(values.size) + 0.5) / values.size
+        ax = axes[0, 1]
+        ax.plot(centres, values, "o-")
+        ax.set_xlabel("flow time t (0 = noise, 1 = data)")
+        ax.set_ylabel("validation loss")
+        ax.set_title(f"validation loss per t-bin at step {last['step']}")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_points(clouds: dict[str, np.ndarray], path, title: str, limit: float = 3.5) -> pathlib.Path:
+    """Side-by-side 2-D scatter plots, one panel per named ``[p, 2]`` point cloud, on a shared square box."""
+    fig, axes = plt.subplots(1, len(clouds), figsize=(4 * len(clouds), 4.3), squeeze=False)
+    for ax, (name, pts) in zip(axes[0], clouds.items()):
+        pts = np.asarray(pts)
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+        ax.set_xlabel("x₁")
+        ax.set_ylabel("x₂")
+        ax.set_title(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
