@@ -263,8 +263,9 @@ class UpsampleConformerEncoder(nn.Module):
           mask: ``[b, t]`` 0/1 or ``[b]`` int lengths of valid tokens (prefixes); None = all valid.
           context: ``[b, l <= L, input_size]`` embeddings of the tokens that follow ``x`` (torch's ``context``;
             streaming: the next chunk's first ``L`` tokens). Missing frames are zeros after the embedding.
-          context_lengths: ``[b]`` valid context frames per row (default: all ``l``; 0 for the final flush).
-            Streaming, rows whose chunk is shorter than ``C`` get no look-ahead.
+          context_lengths: ``[b]`` valid context frames per row (default: all ``l``). For the final flush pass
+            0 (or ``context=None``): zeros given as context are embedded, not treated as absent. Streaming,
+            rows whose chunk is shorter than ``C`` get no look-ahead.
           chunk_masked: offline only: chunk masks (torch ``streaming=True``) instead of full context.
             Streaming is always chunk-masked.
           cache: an :class:`EncoderCache` from :meth:`init_cache` for a streaming step.
@@ -390,7 +391,8 @@ class UpsampleConformerEncoder(nn.Module):
           window_tokens: K/V slots per first-stack layer, in tokens (``stride·window_tokens`` frames in the
             second stack); it includes the current chunk. At least ``C``; with ``num_left_chunks = L >= 0`` at
             least ``(L + 1)·C`` (the default), which makes every step exact. With ``L = -1`` it is required, and
-            steps are exact while the stream is at most ``window_tokens`` long (a sliding window afterwards).
+            steps are exact while the stream (its last chunk counted as ``C``) is at most ``window_tokens``
+            long; later chunks see a sliding window of the last ``window_tokens`` tokens.
         """
         cfg = self.config
         c, left = cfg.static_chunk_size, cfg.num_left_chunks
