@@ -91,7 +91,8 @@ def _norm(r: StateDictReader, name: str, d: int) -> dict:
 
 
 def _conv(r: StateDictReader, name: str, n_in: int, n_out: int, k: int) -> dict:
-    return {"kernel": r.take(f"{name}.weight", (n_out, n_in, k)).transpose(2, 1, 0), "bias": r.take(f"{name}.bias", (n_out,))}
+    kernel = r.take(f"{name}.weight", (n_out, n_in, k)).transpose(2, 1, 0)  # [k, in, out]
+    return {"kernel": kernel, "bias": r.take(f"{name}.bias", (n_out,))}
 
 
 def _conformer(r: StateDictReader, name: str, cfg: EncoderConfig) -> dict:

@@ -376,7 +376,9 @@ class UpsampleConformerEncoder(nn.Module):
         expected = jax.eval_shape(lambda: self.init_cache(b, window))
         got = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), cache)
         if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(expected):
-            raise ValueError(f"cache: structure does not match this config (layers {cfg.num_blocks}/{cfg.num_up_blocks})")
+            raise ValueError(
+                f"cache: structure does not match this config (layers {cfg.num_blocks}/{cfg.num_up_blocks})"
+            )
         for (path, e), g in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree_util.tree_leaves(got)):
             if e.shape != g.shape:
                 raise ValueError(f"cache{jax.tree_util.keystr(path)}: expected shape {e.shape}, got {g.shape}")
@@ -413,7 +415,9 @@ class UpsampleConformerEncoder(nn.Module):
         return EncoderCache(
             lookahead=ConvCache(jnp.zeros((batch, LOOKAHEAD_CONV2_KERNEL - 1, cfg.lookahead_channels), dtype)),
             upsample=ConvCache(jnp.zeros((batch, 2 * s, d), dtype)),
-            encoders=tuple(init_kv_cache(batch, int(window_tokens), cfg.heads, k, dtype) for _ in range(cfg.num_blocks)),
+            encoders=tuple(
+                init_kv_cache(batch, int(window_tokens), cfg.heads, k, dtype) for _ in range(cfg.num_blocks)
+            ),
             up_encoders=tuple(
                 init_kv_cache(batch, s * int(window_tokens), cfg.heads, k, dtype) for _ in range(cfg.num_up_blocks)
             ),

@@ -39,9 +39,8 @@ def test_convert_encoder_small_fixture_config_and_layout():
     assert count_parameters(conv.params) == n_torch
     p = conv.params["params"]
     np.testing.assert_array_equal(p["embed"]["linear"]["kernel"], state["encoder.embed.out.0.weight"].T)
-    np.testing.assert_array_equal(
-        p["pre_lookahead_layer"]["conv1"]["kernel"], state["encoder.pre_lookahead_layer.conv1.weight"].transpose(2, 1, 0)
-    )
+    conv1 = state["encoder.pre_lookahead_layer.conv1.weight"]  # (out, in, k)
+    np.testing.assert_array_equal(p["pre_lookahead_layer"]["conv1"]["kernel"], conv1.transpose(2, 1, 0))
     np.testing.assert_array_equal(
         p["up_encoders_3"]["self_attn"]["pos_bias_v"], state["encoder.up_encoders.3.self_attn.pos_bias_v"]
     )

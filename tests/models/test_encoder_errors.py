@@ -31,7 +31,11 @@ def _zeros(*shape, dtype=np.float32):
         (dict(mask=np.array([7.0, 5.0])), TypeError, r"mask: lengths must be integers"),
         (dict(context=_zeros(2, 4, 16)), ValueError, r"context: expected shape \[2, <= 3, 16\], got \(2, 4, 16\)"),
         (dict(context=_zeros(2, 3, 8)), ValueError, r"context: expected shape"),
-        (dict(context=_zeros(2, 3, 16), context_lengths=np.array([3])), ValueError, r"context_lengths: expected shape \[2\]"),
+        (
+            dict(context=_zeros(2, 3, 16), context_lengths=np.array([3])),
+            ValueError,
+            r"context_lengths: expected shape \[2\]",
+        ),
         (dict(chunk_masked=jnp.array(True)), TypeError, r"chunk_masked: expected a Python bool"),
     ],
 )
@@ -69,7 +73,8 @@ def test_encoder_stream_cache_of_another_config(tiny):
 
 def test_encoder_init_cache_bad_window(tiny):
     model, _ = tiny
-    with pytest.raises(ValueError, match=r"window_tokens: expected an int >= one chunk \(static_chunk_size = 5\), got 4"):
+    too_small = r"window_tokens: expected an int >= one chunk \(static_chunk_size = 5\), got 4"
+    with pytest.raises(ValueError, match=too_small):
         model.init_cache(1, 4)
     with pytest.raises(ValueError, match=r"window_tokens: required when num_left_chunks = -1"):
         model.init_cache(1)
