@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend.random import threefry_2x32
 
 from fmjax.typing import Array, Float, Key
 
@@ -154,17 +155,28 @@ def sinegen(
 def draw_sine_noise(
     key: Key, batch: int, frames: int, upsample: int, harmonics: int, *, start_frame=0
 ) -> Float[Array, "b L h"]:
-    """Standard-normal source noise ``[batch, frames·upsample, harmonics]`` fixed by position: row ``r`` of
-    absolute frame ``j`` is ``normal(fold_in(fold_in(key, r), j), (upsample, harmonics))``, so a chunk starting at
-    ``start_frame`` (a Python int or an int32 scalar array) gets exactly the slice an offline call would."""
-    frame_ids = jnp.asarray(start_frame, jnp.int32) + jnp.arange(frames, dtype=jnp.int32)  # [t]
+    """Standard-normal source noise ``[batch, frames·upsample, harmonics]`` fixed by absolute position.
 
-    def row(r):
-        rkey = jax.random.fold_in(key, r)
-        draw = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(rkey, j), (upsample, harmonics)))
-        return draw(frame_ids).reshape(frames * upsample, harmonics)  # [L, h]
-
-    return jax.vmap(row)(jnp.arange(batch, dtype=jnp.int32))  # [b, L, h]
+    Value ``(r, n, i)`` (row, absolute sample ``start_frame·upsample + n``, harmonic) is a counter-based
+    Threefry draw on the counter pair (flat position // 2, r), so a chunk starting at ``start_frame`` (a Python
+    int or an int32 scalar array) gets exactly the slice that one offline call draws, and one vectorised
+    hash serves the whole array (compiling ``vmap``-ed per-frame keys is far slower). Bits become normals as
+    ``jax.random.normal`` does (uniform on (-1, 1), then ``√2·erfinv``). Positions wrap after 2³² draws (hours).
+    """
+    if (upsample * harmonics) % 2:
+        raise ValueError(f"upsample * harmonics: expected an even count per frame, got {upsample} * {harmonics}")
+    per_frame = upsample * harmonics // 2  # counter pairs per frame
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    first = jnp.asarray(start_frame).astype(jnp.uint32) * jnp.uint32(per_frame)
+    pair = first + jnp.arange(frames * per_frame, dtype=jnp.uint32)  # [P]
+    rows = jnp.arange(batch, dtype=jnp.uint32)[:, None]  # [b, 1]
+    count = jnp.stack(jnp.broadcast_arrays(pair[None, :], rows))  # [2, b, P]: (position, row) words
+    bits = threefry_2x32(seed, count.reshape(-1)).reshape(2, batch, -1)  # both output words are used
+    bits = jnp.stack([bits[0], bits[1]], axis=-1).reshape(batch, frames * upsample, harmonics)  # [b, L, h]
+    unit = lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0  # [0, 1)
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    u = jnp.maximum(lo, unit * (1.0 - lo) + lo)  # (-1, 1)
+    return np.float32(np.sqrt(2.0)) * lax.erf_inv(u)
 
 
 def draw_initial_phase(key: Key, batch: int, harmonics: int) -> Float[Array, "b h"]:
