@@ -18,12 +18,13 @@ import optax
 
 from fmjax.loss import CFMLoss, LossDraws
 from fmjax.paths import rectified_path
-from fmjax.samplers import sample
+from fmjax.samplers import classifier_free_guidance, sample
 from fmjax.timesteps import linear_grid
 from fmjax.typing import Array, Float, Key
 
 __all__ = [
     "eight_gaussians", "two_moons", "checkerboard", "standard_normal", "DISTRIBUTIONS", "get_distribution",
+    "eight_gaussians_labeled", "two_moons_labeled", "LABELED", "get_labeled", "one_hot",
     "ToyMLP", "sliced_wasserstein", "mmd_rbf", "ToyFit", "fit_toy_flow", "sample_toy", "toy_velocity",
 ]
 
@@ -36,24 +37,35 @@ def standard_normal(key: Key, n: int) -> Float[Array, "p 2"]:
     return jax.random.normal(key, (n, 2))
 
 
-def eight_gaussians(key: Key, n: int, radius: float = 2.0, std: float = 0.2) -> Float[Array, "p 2"]:
-    """A ring of 8 Gaussians of std ``std`` at radius ``radius``."""
+def eight_gaussians_labeled(key: Key, n: int, radius: float = 2.0, std: float = 0.2):
+    """A ring of 8 Gaussians; returns ``(points [n, 2], labels [n])`` with the mode index as label."""
     k_c, k_n = jax.random.split(key)
     idx = jax.random.randint(k_c, (n,), 0, 8)
     ang = idx.astype(jnp.float32) * (2 * math.pi / 8)
     centres = radius * jnp.stack([jnp.cos(ang), jnp.sin(ang)], axis=-1)
-    return centres + std * jax.random.normal(k_n, (n, 2))
+    return centres + std * jax.random.normal(k_n, (n, 2)), idx
 
 
-def two_moons(key: Key, n: int, noise: float = 0.08) -> Float[Array, "p 2"]:
-    """Two interleaved half circles, centred and scaled to roughly unit variance."""
+def eight_gaussians(key: Key, n: int, radius: float = 2.0, std: float = 0.2) -> Float[Array, "p 2"]:
+    """A ring of 8 Gaussians of std ``std`` at radius ``radius``."""
+    return eight_gaussians_labeled(key, n, radius, std)[0]
+
+
+def two_moons_labeled(key: Key, n: int, noise: float = 0.08):
+    """Two interleaved half circles (centred, roughly unit variance); returns ``(points [n, 2], labels [n])``
+    with label 0 for the upper and 1 for the lower moon."""
     k_a, k_s, k_n = jax.random.split(key, 3)
     ang = jax.random.uniform(k_a, (n,)) * math.pi
     upper = jax.random.bernoulli(k_s, 0.5, (n,))
     x = jnp.where(upper, jnp.cos(ang), 1.0 - jnp.cos(ang))
     y = jnp.where(upper, jnp.sin(ang), 0.5 - jnp.sin(ang))
     pts = jnp.stack([x - 0.5, y - 0.25], axis=-1) * 1.6
-    return pts + noise * jax.random.normal(k_n, (n, 2))
+    return pts + noise * jax.random.normal(k_n, (n, 2)), (~upper).astype(jnp.int32)
+
+
+def two_moons(key: Key, n: int, noise: float = 0.08) -> Float[Array, "p 2"]:
+    """Two interleaved half circles, centred and scaled to roughly unit variance."""
+    return two_moons_labeled(key, n, noise)[0]
 
 
 def checkerboard(key: Key, n: int, size: int = 4) -> Float[Array, "p 2"]:
@@ -71,6 +83,16 @@ DISTRIBUTIONS: dict[str, Callable] = {
 }
 
 
+LABELED: dict[str, tuple[Callable, int]] = {"moons": (two_moons_labeled, 2), "8gaussians": (eight_gaussians_labeled, 8)}
+
+
+def get_labeled(name: str) -> tuple[Callable, int]:
+    """A labelled sampler ``(key, n) -> (points [n, 2], labels [n])`` and its number of classes."""
+    if name not in LABELED:
+        raise ValueError(f"target: class-conditional training needs one of {sorted(LABELED)}, got {name!r}")
+    return LABELED[name]
+
+
 def get_distribution(name: str) -> Callable:
     """A sampler ``(key, n) -> [n, 2]`` by name: ``normal``, ``8gaussians``, ``moons``, ``checkerboard``."""
     if name not in DISTRIBUTIONS:
@@ -82,30 +104,40 @@ def get_distribution(name: str) -> Callable:
 
 
 class ToyMLP(nn.Module):
-    """Velocity MLP for 2-D points: ``(t [b], x [b, 2]) -> v [b, 2]``.
+    """Velocity MLP for 2-D points: ``(t [b], x [b, 2], cond [b, K] | None) -> v [b, 2]``.
+
+    ``cond`` is a one-hot class label (zeros = unconditional, the CFG null condition) when ``num_classes > 0``.
 
     Attributes:
-      hidden: width; depth: hidden layers; time_features: sinusoidal features of t.
+      hidden: width; depth: hidden layers; time_features: sinusoidal features of t; num_classes: K (0 = none).
     """
 
     hidden: int = 128
     depth: int = 3
     time_features: int = 16
+    num_classes: int = 0
 
     @nn.compact
-    def __call__(self, t: Float[Array, "b"], x: Float[Array, "b 2"]) -> Float[Array, "b 2"]:
+    def __call__(self, t: Float[Array, "b"], x: Float[Array, "b 2"], cond=None) -> Float[Array, "b 2"]:
         half = self.time_features // 2
         freqs = jnp.exp(jnp.arange(half) * (math.log(100.0) / max(half - 1, 1)))
         ang = t[:, None] * freqs[None, :]  # [b, half]
-        h = jnp.concatenate([x, jnp.sin(ang), jnp.cos(ang)], axis=-1)  # [b, 2 + 2 half]
+        feats = [x, jnp.sin(ang), jnp.cos(ang)]
+        if self.num_classes:
+            if cond is None:
+                cond = jnp.zeros((x.shape[0], self.num_classes), x.dtype)
+            if cond.shape != (x.shape[0], self.num_classes):
+                raise ValueError(f"cond: expected one-hot labels [{x.shape[0]}, {self.num_classes}], got {cond.shape}")
+            feats.append(cond)
+        h = jnp.concatenate(feats, axis=-1)  # [b, 2 + 2 half (+ K)]
         for i in range(self.depth):
             h = nn.silu(nn.Dense(self.hidden, name=f"dense{i}")(h))
         return nn.Dense(x.shape[-1], name="out")(h)
 
 
 def toy_velocity(model: ToyMLP, params) -> Callable:
-    """The sampler closure ``velocity(t, x, cond)`` of a toy model (``cond`` is ignored)."""
-    return lambda t, x, cond: model.apply(params, t, x)
+    """The sampler closure ``velocity(t, x, cond)`` of a toy model."""
+    return lambda t, x, cond: model.apply(params, t, x, cond)
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -144,6 +176,11 @@ class ToyFit:
     losses: np.ndarray
 
 
+def one_hot(labels, num_classes: int):
+    """One-hot class conditions ``[n, K]`` (the toy models' ``cond``)."""
+    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+
+
 def fit_toy_flow(
     key: Key,
     source: str = "8gaussians",
@@ -154,6 +191,7 @@ def fit_toy_flow(
     lr: float = 3e-3,
     model: ToyMLP | None = None,
     loss: CFMLoss | None = None,
+    conditional: bool = False,
     couplings: tuple | None = None,
     params=None,
 ) -> ToyFit:
@@ -163,36 +201,54 @@ def fit_toy_flow(
       key: PRNG key (init, batches and loss draws are split from it).
       source, target: distribution names (see :func:`get_distribution`); x0 is drawn from ``source``.
       steps, batch, lr: optimisation settings.
-      model: the MLP (default ``ToyMLP()``); loss: a :class:`CFMLoss` (default: rectified path, uniform t).
-      couplings: optional fixed pairs ``(x0 [N, 2], x1 [N, 2])`` to train on instead of independent draws
-        (reflow); minibatches are sampled from them with replacement.
-      params: start from these parameters instead of a fresh init.
+      model: the MLP (default ``ToyMLP()``, with ``num_classes`` set when ``conditional``).
+      loss: a :class:`CFMLoss` (default: rectified path, uniform t; set ``cfg_rate`` for CFG training).
+      conditional: condition on the target's class label (one-hot), e.g. which moon.
+      couplings: optional fixed pairs ``(x0 [N, 2], x1 [N, 2])`` or ``(x0, x1, cond [N, K])`` to train on instead
+        of independent draws (reflow); minibatches are sampled from them with replacement.
+      params: start from these parameters instead of a fresh init (reflow starts from the teacher).
     """
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
-    model = model or ToyMLP()
+    src = get_distribution(source)
+    if conditional:
+        tgt_labeled, num_classes = get_labeled(target)
+    else:
+        tgt, num_classes = get_distribution(target), 0
+    model = model or ToyMLP(num_classes=num_classes)
+    if model.num_classes != num_classes:
+        raise ValueError(f"model: expected num_classes={num_classes} for conditional={conditional}, got {model.num_classes}")
     loss = loss or CFMLoss(path=rectified_path())
-    src, tgt = get_distribution(source), get_distribution(target)
     if couplings is not None:
-        c0, c1 = (jnp.asarray(c, jnp.float32) for c in couplings)
-        if c0.shape != c1.shape or c0.ndim != 2:
-            raise ValueError(f"couplings: expected two [N, d] arrays of equal shape, got {c0.shape} and {c1.shape}")
+        pairs = tuple(jnp.asarray(c, jnp.float32) for c in couplings)
+        if len(pairs) != (3 if conditional else 2) or pairs[0].shape != pairs[1].shape or pairs[0].ndim != 2:
+            raise ValueError(
+                f"couplings: expected {'(x0, x1, cond)' if conditional else '(x0, x1)'} with x0, x1 [N, d] of equal "
+                f"shape, got {[p.shape for p in pairs]}"
+            )
     k_init, k_train = jax.random.split(key)
     if params is None:
-        params = model.init(k_init, jnp.zeros((1,)), jnp.zeros((1, 2)))
+        cond0 = jnp.zeros((1, num_classes)) if num_classes else None
+        params = model.init(k_init, jnp.zeros((1,)), jnp.zeros((1, 2)), cond0)
     opt = optax.adam(lr)
 
     def step(carry, k):
         params, opt_state = carry
         k_src, k_tgt, k_loss = jax.random.split(k, 3)
-        if couplings is None:
-            x0, x1 = src(k_src, batch), tgt(k_tgt, batch)
+        cond = None
+        if couplings is not None:
+            idx = jax.random.randint(k_src, (batch,), 0, pairs[0].shape[0])
+            x0, x1 = pairs[0][idx], pairs[1][idx]
+            cond = pairs[2][idx] if conditional else None
+        elif conditional:
+            x0 = src(k_src, batch)
+            x1, labels = tgt_labeled(k_tgt, batch)
+            cond = one_hot(labels, num_classes)
         else:
-            idx = jax.random.randint(k_src, (batch,), 0, c0.shape[0])
-            x0, x1 = c0[idx], c1[idx]
+            x0, x1 = src(k_src, batch), tgt(k_tgt, batch)
 
         def objective(p):
-            value, _ = loss(lambda t, x, c: model.apply(p, t, x), x1, key=k_loss, draws=LossDraws(z=x0))
+            value, _ = loss(lambda t, x, c: model.apply(p, t, x, c), x1, None, cond, k_loss, draws=LossDraws(z=x0))
             return value
 
         value, grads = jax.value_and_grad(objective)(params)
@@ -204,9 +260,26 @@ def fit_toy_flow(
     return ToyFit(model, params, np.asarray(losses))
 
 
-def sample_toy(fit: ToyFit, key: Key, source: str = "8gaussians", n: int = 2000, grid=None, solver="euler"):
-    """Draws ``n`` source points and pushes them through the fitted flow. Returns ``(x0, x1)``, each ``[n, 2]``."""
+def sample_toy(
+    fit: ToyFit,
+    key: Key,
+    source: str = "8gaussians",
+    n: int = 2000,
+    grid=None,
+    solver="euler",
+    *,
+    cond=None,
+    cfg_weight: float = 0.0,
+):
+    """Draws ``n`` source points and pushes them through the fitted flow. Returns ``(x0, x1)``, each ``[n, 2]``.
+
+    ``cond`` (one-hot ``[n, K]``) conditions a class-conditional model; ``cfg_weight > 0`` applies classifier-free
+    guidance against the all-zero (unconditional) label.
+    """
     grid = linear_grid(32) if grid is None else grid
     x0 = get_distribution(source)(key, n)
-    x1, _ = sample(toy_velocity(fit.model, fit.params), x0, None, grid, solver)
+    velocity = toy_velocity(fit.model, fit.params)
+    if cfg_weight:
+        velocity = classifier_free_guidance(velocity, cfg_weight)
+    x1, _ = sample(velocity, x0, cond, grid, solver)
     return x0, x1
