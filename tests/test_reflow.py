@@ -33,8 +33,11 @@ def test_straightness_is_zero_for_straight_paths_and_positive_for_curved():
     x0 = jax.random.normal(K(0), (64, 2))
     s, per = reflow.straightness(lambda t, x, c: jnp.ones_like(x) * 0.5, x0)
     assert float(s) < 1e-10 and per.shape == (64,)  # zero up to fp32 rounding of the summed chord
-    rot = lambda t, x, c: jnp.stack([-x[:, 1], x[:, 0]], axis=-1)  # circular paths
-    assert float(reflow.straightness(rot, x0)[0]) > 0.1
+    rot = lambda t, x, c: jnp.stack([-x[:, 1], x[:, 0]], axis=-1)  # arcs of 1 rad at unit angular speed
+    # Analytic: |chord|² = 4 sin²(1/2)|x0|², mean_t <chord, v> = |chord|²  =>  S_i = (1 − 4 sin²(1/2))·|x0_i|²/2.
+    expected = (1 - 4 * np.sin(0.5) ** 2) * np.sum(np.asarray(x0) ** 2, axis=1) / 2
+    _, per = reflow.straightness(rot, x0, n_steps=256)
+    np.testing.assert_allclose(per, expected, rtol=0.02)  # 2%: Euler path + left Riemann sum over 256 steps
 
 
 def test_nfe_curve_error_falls_with_steps():
