@@ -19,7 +19,32 @@ from jax import lax
 from fmjax.nn.conv import Conv1d
 from fmjax.typing import Array, Float
 
-__all__ = ["Snake", "ResBlock", "UpsampleConvTranspose1d", "polyphase_kernel"]
+__all__ = ["sin_squared", "Snake", "ResBlock", "UpsampleConvTranspose1d", "polyphase_kernel"]
+
+
+# π split for Cody-Waite range reduction: k·_PI_HI is exact for |k| < 2**16.
+_PI_HI = np.float32(3.140625)
+_PI_MID = np.float32(np.pi - 3.140625)
+_PI_LO = np.float32(np.pi - 3.140625 - np.float64(_PI_MID))
+# Taylor coefficients of sin(r)/r - 1 in r², through r¹⁴ (truncation error < 1e-9 on [-π/2, π/2]).
+_SIN_COEFFS = tuple(np.float32((-1) ** i / np.prod(np.arange(1.0, 2 * i + 2))) for i in range(6, 0, -1))
+
+
+def sin_squared(y: Float[Array, "..."]) -> Float[Array, "..."]:
+    """``sin(y)²`` to about 3e-7 absolute, as plain multiply-adds that XLA vectorises.
+
+    XLA on CPU evaluates ``jnp.sin`` one element at a time (about 20× slower here), and Snake takes a sine
+    of every activation: 180 M of them for 10 s of audio. ``sin²`` has period π, so ``y`` is reduced to
+    ``r = y - k·π`` in ``[-π/2, π/2]`` and ``sin r`` is a degree-13 odd polynomial.
+    """
+    k = jnp.round(y * np.float32(1 / np.pi))
+    r = ((y - k * _PI_HI) - k * _PI_MID) - k * _PI_LO
+    r2 = r * r
+    p = jnp.full_like(r2, _SIN_COEFFS[0])
+    for c in _SIN_COEFFS[1:]:
+        p = p * r2 + c
+    s = r + r * (r2 * p)
+    return s * s
 
 
 class Snake(nn.Module):
@@ -31,7 +56,7 @@ class Snake(nn.Module):
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
         alpha = self.param("alpha", nn.initializers.ones, (x.shape[-1],))
         inv = 1.0 / (alpha + self.eps)  # [d]; a reciprocal then a product, as the original computes it
-        return x + inv * jnp.square(jnp.sin(x * alpha))
+        return x + inv * sin_squared(x * alpha)
 
 
 class ResBlock(nn.Module):
