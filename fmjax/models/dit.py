@@ -1,0 +1,257 @@
+"""CosyVoice3's DiT estimator (F5-TTS style), with an exact static-shape streaming step.
+
+Layout (SPEC §8 of the CosyVoice2 reference and the CosyVoice3 fixture README; channels last):
+
+================  =========================================================================================
+``time_embed``    ``sinusoidal(1000·t, 256)`` → Linear → SiLU → Linear (width ``dim``)
+pack              ``[x | prompt | mu | spks broadcast over t]`` → ``[b, t, 2·mel + mu + spk]`` (this order
+                  differs from the CosyVoice2 U-Net's)
+``input_proj``    Linear → ``dim``; then ``+ conv_pos(·)`` (:class:`~fmjax.nn.dit_blocks.ConvPositionEmbedding`)
+``blocks``        ``depth`` × :class:`~fmjax.nn.dit_blocks.DiTBlock`, stacked params, one ``nn.scan``
+``norm_out``      ``Linear(SiLU(t_emb))`` → (scale, shift) — the reverse of the blocks' order; ``LN·(1+scale)+shift``
+``proj_out``      Linear → ``mel_dim``; no output masking (padded frames get a deterministic non-zero value)
+================  =========================================================================================
+
+Attention masks: key padding (``streaming=False``), or key padding and the chunk mask of ``chunk_size``
+frames with ``num_left_chunks`` (``streaming=True``). The original ignores ``num_left_chunks`` (always all left
+chunks, the default ``-1`` here); ``L >= 0`` is an fmjax extension. Attention outputs are zeroed at padded frames
+(for ``L = -1`` this is the original's "last mask row" rule). Rotary positions reach only the first head's
+channels, as in the originals. The streaming step (``cache`` given) runs one chunk of at most ``chunk_size``
+frames (a shorter last chunk is padded and masked) at its true absolute positions and returns the same frames as
+the offline chunk-masked forward, padded frames included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fmjax.cond import MelCond
+from fmjax.nn.attention import KVCache, init_kv_cache
+from fmjax.nn.dit_blocks import ConvPosCache, ConvPositionEmbedding, DiTBlock, modulated_norm
+from fmjax.nn.embeddings import TimestepEmbedding, sinusoidal_embedding
+from fmjax.nn.masks import attention_mask
+from fmjax.streaming import cache_nbytes
+from fmjax.typing import Array, Float
+
+TIME_FREQ_DIM = 256  # hard-coded in the original, independent of dim
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    """Sizes of a :class:`DiT` (defaults: CosyVoice3, 331,142,224 parameters).
+
+    Attributes:
+      dim: model width (divisible by ``conv_pos_groups``).
+      depth: number of DiT blocks.
+      heads, dim_head: attention shape (inner width ``heads·dim_head`` may differ from ``dim``); rotary
+        positions use ``dim_head`` channels (even).
+      ff_mult: feed-forward expansion.
+      mel_dim: width of ``x``, of the prompt condition and of the output.
+      mu_dim, spk_dim: widths of ``mu`` and ``spks``; the packed input has ``2·mel + mu + spk`` channels.
+      chunk_size: ``C`` frames of the streaming chunk mask (50 = 25 tokens × 2).
+      num_left_chunks: ``L`` left chunks visible; ``-1`` = all (the original's only behaviour).
+      conv_pos_kernel, conv_pos_groups: the causal conv position embedding (31 taps, 16 groups).
+    """
+
+    dim: int = 1024
+    depth: int = 22
+    heads: int = 16
+    dim_head: int = 64
+    ff_mult: int = 2
+    mel_dim: int = 80
+    mu_dim: int = 80
+    spk_dim: int = 80
+    chunk_size: int = 50
+    num_left_chunks: int = -1
+    conv_pos_kernel: int = 31
+    conv_pos_groups: int = 16
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            lowest = -1 if f.name == "num_left_chunks" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+                raise ValueError(f"{f.name}: expected an int >= {lowest}, got {value!r}")
+        if self.dim % self.conv_pos_groups:
+            raise ValueError(f"dim: expected a multiple of conv_pos_groups={self.conv_pos_groups}, got {self.dim}")
+        if self.dim_head % 2:
+            raise ValueError(f"dim_head: expected an even width (rotary pairs), got {self.dim_head}")
+
+    @property
+    def in_channels(self) -> int:
+        """Width of the packed input ``[x | prompt | mu | spks]``."""
+        return 2 * self.mel_dim + self.mu_dim + self.spk_dim
+
+    def min_window(self) -> int:
+        """Smallest K/V window for an exact streaming step: ``(L + 1)·C``, or ``C`` when ``L = -1`` (then the step
+        is exact while the stream is no longer than the window)."""
+        return self.chunk_size * (1 if self.num_left_chunks < 0 else self.num_left_chunks + 1)
+
+
+class DiTCache(NamedTuple):
+    """Streaming state of the whole DiT (fixed shapes): the conv position embedding's histories
+    (``[b, k-1, dim]`` each) and one K/V ring buffer per block, stacked on a leading ``depth`` axis."""
+
+    conv_pos: ConvPosCache
+    blocks: KVCache
+
+
+class DiT(nn.Module):
+    """CosyVoice3 DiT estimator. ``apply(params, x, cond, t)`` → ``(v, aux)``;
+    ``apply(params, x_chunk, cond_chunk, t, cache)`` → ``(v_chunk, new_cache)``.
+    """
+
+    config: DiTConfig = DiTConfig()
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "b t m"],
+        cond: MelCond,
+        t: Float[Array, "b"],
+        cache: DiTCache | None = None,
+        *,
+        streaming: bool = False,
+    ):
+        """Velocity of the flow at time ``t``.
+
+        Args:
+          x: ``[b, t, m]`` noisy mel (a chunk of ``t <= chunk_size`` frames when streaming).
+          cond: :class:`~fmjax.cond.MelCond` with ``mu [b, t, mu_dim]``, ``spks [b, spk_dim]``,
+            ``prompt [b, t, mel_dim]`` (the original's ``cond``), ``mask [b, t]`` (for a chunk: its frames).
+          t: ``[b]`` (or scalar) flow time.
+          cache: None for the offline forward; a :class:`DiTCache` from :meth:`init_cache` (or the previous
+            step) for one streaming step.
+          streaming: offline only, static: chunk-masked attention (True) or full context (False).
+
+        Returns:
+          Offline: ``(v [b, t, m], aux)`` with ``aux`` = ``t_freq``, ``t_emb``, ``packed_input``, ``input_proj``,
+          ``conv_pos``, ``input_embed``, ``attn_mask`` ``[b, t, t]``, per block ``block{i}.mod``,
+          ``block{i}.attn_norm``, ``block{i}.{q,k,v,q_rope,k_rope}``, ``block{i}.attn``, ``block{i}.ff``,
+          ``block{i}``, then ``norm_out.mod``, ``norm_out``. Streaming: ``(v_chunk [b, t, m], new_cache)``.
+        """
+        cfg = self.config
+        t = self._check(x, cond, t, cache, streaming)
+        b, n = x.shape[:2]
+        if cache is not None and n < cfg.chunk_size:  # pad the last chunk to C frames, masked
+            pad = ((0, 0), (0, cfg.chunk_size - n), (0, 0))
+            x = jnp.pad(x, pad)
+            cond = MelCond(jnp.pad(cond.mu, pad), cond.spks, jnp.pad(cond.prompt, pad), jnp.pad(cond.mask, pad[:2]))
+        valid = cond.mask > 0  # [b, t]
+        t_freq = sinusoidal_embedding(t, TIME_FREQ_DIM).astype(x.dtype)  # [b, 256]
+        t_emb = TimestepEmbedding(cfg.dim, name="time_embed")(t_freq)  # [b, dim]
+        spks = jnp.broadcast_to(cond.spks[:, None, :].astype(x.dtype), (b, x.shape[1], cfg.spk_dim))
+        packed = jnp.concatenate(
+            [x, cond.prompt.astype(x.dtype), cond.mu.astype(x.dtype), spks], axis=-1
+        )  # [b, t, 2·mel + mu + spk]
+        input_proj = nn.Dense(cfg.dim, name="input_proj")(packed)  # [b, t, dim]
+        conv_pos, conv_cache = ConvPositionEmbedding(cfg.conv_pos_kernel, cfg.conv_pos_groups, name="conv_pos")(
+            input_proj, None if cache is None else cache.conv_pos
+        )
+        h = input_proj + conv_pos
+
+        attn_mask = None
+        if cache is None:
+            attn_mask = attention_mask(valid, cfg.chunk_size if streaming else 0, cfg.num_left_chunks)
+        blocks = nn.scan(
+            DiTBlock,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=cfg.depth,
+        )(cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.chunk_size, cfg.num_left_chunks, name="blocks")
+        h, (block_cache, block_aux) = blocks(h, t_emb, attn_mask, valid, None if cache is None else cache.blocks)
+
+        norm_mod = nn.Dense(2 * cfg.dim, name="norm_out")(nn.silu(t_emb))  # [b, 2·dim]
+        scale, shift = jnp.split(norm_mod, 2, axis=-1)  # 2 x [b, dim]
+        normed = modulated_norm(h, shift, scale)
+        v = nn.Dense(cfg.mel_dim, name="proj_out")(normed)  # [b, t, m]
+
+        if cache is not None:
+            return v[:, :n], DiTCache(conv_cache, block_cache)
+        aux = {
+            "t_freq": t_freq, "t_emb": t_emb, "packed_input": packed, "input_proj": input_proj,
+            "conv_pos": conv_pos, "input_embed": input_proj + conv_pos,
+            "attn_mask": jnp.broadcast_to(attn_mask, (b, n, n)), "norm_out.mod": norm_mod, "norm_out": normed,
+        }
+        for i in range(cfg.depth):
+            for key, a in block_aux.items():
+                aux[f"block{i}" if key == "out" else f"block{i}.{key}"] = a[i]
+        return v, aux
+
+    @nn.nowrap
+    def init_cache(self, batch: int, window: int, dtype=jnp.float32) -> DiTCache:
+        """Empty streaming state: zero conv histories and empty K/V ring buffers of ``window`` frames.
+
+        ``window`` must hold the visible context: at least ``(L + 1)·C`` frames for ``L`` left chunks, at least
+        ``C`` for ``L = -1`` (exact while the stream is no longer than ``window``). Shape-only: it builds no
+        submodules and its size never depends on how far the stream goes.
+        """
+        cfg = self.config
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+        if not isinstance(window, int) or window < cfg.min_window():
+            raise ValueError(
+                f"window: expected at least {cfg.min_window()} frames for chunk_size={cfg.chunk_size} and "
+                f"num_left_chunks={cfg.num_left_chunks}, got {window!r}"
+            )
+        conv = ConvPositionEmbedding(cfg.conv_pos_kernel, cfg.conv_pos_groups).init_cache(batch, cfg.dim, dtype)
+        kv = init_kv_cache(batch, window, cfg.heads, cfg.dim_head, dtype)
+        return DiTCache(conv, jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.depth,) + a.shape), kv))
+
+    @nn.nowrap
+    def cache_nbytes(self, batch: int, window: int, dtype=jnp.float32) -> int:
+        """Bytes of the streaming state from :meth:`init_cache` (computed from shapes; nothing is allocated)."""
+        return cache_nbytes(jax.eval_shape(lambda: self.init_cache(batch, window, dtype)))
+
+    def _check(self, x, cond, t, cache, streaming) -> Array:
+        cfg = self.config
+        if not isinstance(cond, MelCond):
+            raise TypeError(f"cond: expected a fmjax.cond.MelCond, got {type(cond).__name__}")
+        if getattr(x, "ndim", None) != 3 or x.shape[-1] != cfg.mel_dim:
+            raise ValueError(f"x: expected shape [b, t, {cfg.mel_dim}], got {getattr(x, 'shape', type(x))}")
+        b, n = x.shape[:2]
+        expected = {
+            "cond.mu": (cond.mu, (b, n, cfg.mu_dim)),
+            "cond.spks": (cond.spks, (b, cfg.spk_dim)),
+            "cond.prompt": (cond.prompt, (b, n, cfg.mel_dim)),
+            "cond.mask": (cond.mask, (b, n)),
+        }
+        for name, (a, shape) in expected.items():
+            if tuple(getattr(a, "shape", ())) != shape:
+                raise ValueError(
+                    f"{name}: expected shape {shape} for x of shape {x.shape}, got {getattr(a, 'shape', a)}"
+                )
+        t = jnp.asarray(t)
+        if t.ndim == 0:
+            t = jnp.broadcast_to(t, (b,))
+        if t.shape != (b,):
+            raise ValueError(f"t: expected shape [{b}] or a scalar, got {t.shape}")
+        if not isinstance(streaming, bool):
+            raise TypeError(f"streaming: expected a Python bool (static), got {type(streaming).__name__}")
+        if cache is None:
+            return t
+        if streaming:
+            raise ValueError("streaming: a streaming step (cache given) is always chunk-masked; leave it False")
+        if not isinstance(cache, DiTCache):
+            raise TypeError(f"cache: expected a DiTCache from init_cache, got {type(cache).__name__}")
+        if n > cfg.chunk_size:
+            raise ValueError(f"x: a streaming chunk has at most chunk_size={cfg.chunk_size} frames, got {n}")
+        pos = cache.blocks.pos  # [depth, b, w]
+        if getattr(pos, "ndim", 0) != 3:
+            raise ValueError(f"cache.blocks.pos: expected shape [depth, b, w], got {getattr(pos, 'shape', pos)}")
+        if pos.shape[1] != b:
+            raise ValueError(f"cache: built for batch {pos.shape[1]}, but x has batch {b}")
+        window = pos.shape[2]
+        if window < cfg.min_window():
+            raise ValueError(f"cache: a window of {window} frames is smaller than min_window()={cfg.min_window()}")
+        expected = jax.eval_shape(lambda: self.init_cache(b, window, cache.blocks.keys.dtype))
+        got = jax.tree_util.tree_map(lambda a: (tuple(a.shape), a.dtype), cache)
+        if got != jax.tree_util.tree_map(lambda a: (tuple(a.shape), a.dtype), expected):
+            raise ValueError(f"cache: shapes {got} do not match init_cache({b}, {window}) of the config {cfg}")
+        return t
