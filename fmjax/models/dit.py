@@ -8,7 +8,7 @@ pack              ``[x | prompt | mu | spks broadcast over t]`` → ``[b, t, 2·
                   differs from the CosyVoice2 U-Net's)
 ``input_proj``    Linear → ``dim``; then ``+ conv_pos(·)`` (:class:`~fmjax.nn.dit_blocks.ConvPositionEmbedding`)
 ``blocks``        ``depth`` × :class:`~fmjax.nn.dit_blocks.DiTBlock`, stacked params, one ``nn.scan``
-``norm_out``      ``Linear(SiLU(t_emb))`` → (scale, shift) — the reverse of the blocks' order; ``LN·(1+scale)+shift``
+``norm_out``      ``Linear(SiLU(t_emb))`` → (scale, shift), the reverse of the blocks' order; ``LN·(1+scale)+shift``
 ``proj_out``      Linear → ``mel_dim``; no output masking (padded frames get a deterministic non-zero value)
 ================  =========================================================================================
 
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from fmjax.cond import MelCond
-from fmjax.nn.attention import KVCache, init_kv_cache
+from fmjax.nn.attention import KVCache
 from fmjax.nn.dit_blocks import ConvPosCache, ConvPositionEmbedding, DiTBlock, modulated_norm
 from fmjax.nn.embeddings import TimestepEmbedding, sinusoidal_embedding
 from fmjax.nn.masks import attention_mask
@@ -201,7 +201,7 @@ class DiT(nn.Module):
                 f"num_left_chunks={cfg.num_left_chunks}, got {window!r}"
             )
         conv = ConvPositionEmbedding(cfg.conv_pos_kernel, cfg.conv_pos_groups).init_cache(batch, cfg.dim, dtype)
-        kv = init_kv_cache(batch, window, cfg.heads, cfg.dim_head, dtype)
+        kv = DiTBlock(cfg.heads, cfg.dim_head).init_cache(batch, window, dtype)
         return DiTCache(conv, jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.depth,) + a.shape), kv))
 
     @nn.nowrap

@@ -28,8 +28,8 @@ def rotary_inv_freq(rot_dim: int, base: float = 10000.0) -> np.ndarray:
 
 
 def rotary_angles(positions: Int[Array, "*t"], rot_dim: int, base: float = 10000.0) -> Float[Array, "*t r"]:
-    """Angles ``p·θ_i`` per position, each repeated for its pair: ``[..., t, rot_dim]`` ``[pθ0, pθ0, pθ1, pθ1, …]``
-    (x-transformers' ``freqs``; the product is one float32 rounding, as in torch)."""
+    """Angles ``p·θ_i`` per position, each repeated for its pair: ``[..., t, rot_dim]`` holding
+    ``[pθ0, pθ0, pθ1, pθ1, …]`` (x-transformers' ``freqs``; the product is one float32 rounding, as in torch)."""
     inv = jnp.asarray(rotary_inv_freq(rot_dim, base))
     angles = jnp.asarray(positions).astype(jnp.float32)[..., None] * inv  # [..., t, rot_dim / 2]
     return jnp.repeat(angles, 2, axis=-1)  # [..., t, rot_dim]

@@ -48,7 +48,7 @@ def test_dit_streaming_equals_offline(chunk, left):
     x, cond, t = tiny_inputs(lengths=(23, 17))  # 23 frames: the last chunk is partial for C = 3 and 10
     expected = jax.jit(lambda x, c, t: model.apply(params, x, c, t, streaming=True)[0])(x, cond, t)
     window = -(-23 // chunk) * chunk if left < 0 else cfg.min_window()  # L = -1: the window holds the stream
-    got, _, _ = stream(model, params, x, cond, t, window, pad_last=chunk != 10)  # C = 10: padded inside the call
+    got, _, _ = stream(model, params, x, cond, t, window, pad_last=left >= 0)  # L = -1: last chunk padded inside
     # every frame, padded ones included (item 1 from frame 17), batch of 2; the stream's rotary positions reach
     # 22 while a window of (L + 1)·C slots holds only the last few frames
     np.testing.assert_allclose(got, np.asarray(expected), rtol=0, atol=1e-5)
