@@ -216,10 +216,13 @@ class MultiHeadAttention(nn.Module):
         valid: Bool[Array, "b t"] | None = None,
         chunk_size: int = 0,
         num_left_chunks: int = -1,
+        bias: Float[Array, "..."] | None = None,
     ) -> tuple[Float[Array, "b t d"], KVCache | None]:
-        """Offline (``cache=None``): attention over ``x`` with ``mask`` (see :func:`dot_product_attention`).
+        """Offline (``cache=None``): attention over ``x`` with ``mask`` and/or an additive logit ``bias``
+        (see :func:`dot_product_attention`; e.g. Matcha's float frame mask, which diffusers adds to the logits).
         Streaming: ``x`` is one chunk, ``valid [b, t]`` its frame mask, and the mask comes from the cache
-        positions with ``chunk_size``/``num_left_chunks`` (see :func:`cached_attention`); ``mask`` must be None.
+        positions with ``chunk_size``/``num_left_chunks`` (see :func:`cached_attention`); ``mask`` and ``bias``
+        must be None.
 
         Returns:
           ``(y [b, t, d], new_cache)``; ``new_cache`` is None offline.
@@ -232,10 +235,10 @@ class MultiHeadAttention(nn.Module):
 
         q, k, v = proj("to_q"), proj("to_k"), proj("to_v")  # [b, t, h, k]
         if cache is None:
-            out = dot_product_attention(q, k, v, mask=mask)
+            out = dot_product_attention(q, k, v, mask=mask, bias=bias)
         else:
-            if mask is not None or valid is None or chunk_size <= 0:
-                raise ValueError("streaming attention takes valid=[b, t] and chunk_size > 0, and no mask")
+            if mask is not None or bias is not None or valid is None or chunk_size <= 0:
+                raise ValueError("streaming attention takes valid=[b, t] and chunk_size > 0, and no mask or bias")
             out, cache = cached_attention(
                 q, k, v, cache, valid, chunk_size=chunk_size, num_left_chunks=num_left_chunks
             )

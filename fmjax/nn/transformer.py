@@ -78,9 +78,11 @@ class TransformerBlock(nn.Module):
         valid: Bool[Array, "b t"] | None = None,
         chunk_size: int = 0,
         num_left_chunks: int = -1,
+        bias: Float[Array, "..."] | None = None,
     ) -> tuple[Float[Array, "b t d"], KVCache | None]:
-        """Offline: ``mask`` broadcastable to ``[b, t, t]`` (True = visible). Streaming: one chunk with its
-        ``valid [b, t]`` frames and the layer's ring buffer (see :class:`MultiHeadAttention`).
+        """Offline: ``mask`` broadcastable to ``[b, t, t]`` (True = visible) and/or an additive logit ``bias``
+        (same broadcasting). Streaming: one chunk with its ``valid [b, t]`` frames and the layer's ring buffer
+        (see :class:`MultiHeadAttention`).
 
         Returns:
           ``(y [b, t, d], new_cache)``; ``new_cache`` is None offline.
@@ -88,7 +90,7 @@ class TransformerBlock(nn.Module):
         attn = MultiHeadAttention(self.heads, self.head_dim, name="attn1")
         h, cache = attn(
             layer_norm(self.norm_eps, "norm1")(x), mask, cache,
-            valid=valid, chunk_size=chunk_size, num_left_chunks=num_left_chunks,
+            valid=valid, chunk_size=chunk_size, num_left_chunks=num_left_chunks, bias=bias,
         )
         x = x + h
         x = x + FeedForward(self.ff_mult, self.activation, name="ff")(layer_norm(self.norm_eps, "norm3")(x))
