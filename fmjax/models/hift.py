@@ -31,7 +31,7 @@ import numpy as np
 from fmjax import signal
 from fmjax.models.hift_source import SourceModule, draw_initial_phase, draw_sine_noise, sinegen, sinegen2
 from fmjax.nn.conv import Conv1d
-from fmjax.nn.hift_blocks import ResBlock, UpsampleConvTranspose1d
+from fmjax.nn.hift_blocks import ResBlock, UpsampleConvTranspose1d, cos_small, sin, sin_small
 from fmjax.typing import Array, Float, Key
 
 __all__ = ["HiFTConfig", "F0Predictor", "HiFTGenerator", "param_shapes", "init_hift", "hift_inference", "hift_decode", "check_mel"]
@@ -183,8 +183,8 @@ class HiFTGenerator(nn.Module):
         aux["conv_post"] = x
         bins = cfg.n_fft // 2 + 1
         magnitude = jnp.minimum(jnp.exp(x[..., :bins]), 1e2)
-        phase = jnp.sin(x[..., bins:])  # a bounded phase, as in the original
-        spec = jax.lax.complex(magnitude * jnp.cos(phase), magnitude * jnp.sin(phase))
+        phase = sin(x[..., bins:])  # a bounded phase in [-1, 1], as in the original
+        spec = jax.lax.complex(magnitude * cos_small(phase), magnitude * sin_small(phase))
         # signal.istft builds its window envelope with jnp ops on constants and reads it back with np.asarray,
         # which fails under jit unless those constant ops are evaluated eagerly at trace time.
         with jax.ensure_compile_time_eval():

@@ -27,6 +27,7 @@ import numpy as np
 from jax import lax
 from jax.extend.random import threefry_2x32
 
+from fmjax.nn.hift_blocks import sin
 from fmjax.typing import Array, Float, Key
 
 __all__ = [
@@ -116,7 +117,7 @@ def sinegen2(
     i0, i1, l1 = _linear_upsample_weights(t, upsample)
     l0 = 1.0 - l1
     phase_up = phase[:, i0] * l0[:, None] + phase[:, i1] * l1[:, None]  # [b, L, h]
-    sines = jnp.sin(phase_up) * sine_amp
+    sines = sin(phase_up) * sine_amp
     uv, noise_amp = voicing(f0, noise_std, sine_amp, voiced_threshold)
     return _mix(sines, uv, noise_amp, noise, upsample)
 
@@ -147,7 +148,7 @@ def sinegen(
     cycles = start[:, :, None, :] + inc[:, :, None, :] * ramp[:, None]  # [b, t, u, h]
     cycles = cycles - jnp.floor(cycles)
     theta = 2 * np.pi * cycles + initial_phase[:, None, None, :]
-    sines = jnp.sin(theta) * sine_amp
+    sines = sin(theta) * sine_amp
     uv, noise_amp = voicing(f0, noise_std, sine_amp, voiced_threshold)
     return _mix(sines.reshape(b, t * upsample, h), uv, noise_amp, noise, upsample)
 

@@ -11,6 +11,8 @@ Conv kernels are in Flax layout ``[k, in, out]``; converters fold weight norm be
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -19,32 +21,59 @@ from jax import lax
 from fmjax.nn.conv import Conv1d
 from fmjax.typing import Array, Float
 
-__all__ = ["sin_squared", "Snake", "ResBlock", "UpsampleConvTranspose1d", "polyphase_kernel"]
+__all__ = ["sin", "sin_small", "cos_small", "Snake", "ResBlock", "UpsampleConvTranspose1d", "polyphase_kernel"]
 
 
-# π split for Cody-Waite range reduction: k·_PI_HI is exact for |k| < 2**16.
-_PI_HI = np.float32(3.140625)
-_PI_MID = np.float32(np.pi - 3.140625)
-_PI_LO = np.float32(np.pi - 3.140625 - np.float64(_PI_MID))
-# Taylor coefficients of sin(r)/r - 1 in r², through r¹⁴ (truncation error < 1e-9 on [-π/2, π/2]).
-_SIN_COEFFS = tuple(np.float32((-1) ** i / np.prod(np.arange(1.0, 2 * i + 2))) for i in range(6, 0, -1))
+def _pi_parts(bits: int = 8, parts: int = 4) -> tuple[np.float32, ...]:
+    """π as a sum of float32 constants; all but the last have ``bits`` significant bits, so ``k·part`` is exact
+    for ``|k| < 2**(24 - bits)`` (Cody-Waite range reduction)."""
+    out, rest = [], np.float64(np.pi)
+    for _ in range(parts - 1):
+        e = np.floor(np.log2(rest))
+        q = np.float32(np.floor(rest / 2 ** (e - bits + 1)) * 2 ** (e - bits + 1))  # truncate: rest stays > 0
+        out.append(q)
+        rest -= np.float64(q)
+    return (*out, np.float32(rest))
 
 
-def sin_squared(y: Float[Array, "..."]) -> Float[Array, "..."]:
-    """``sin(y)²`` to about 3e-7 absolute, as plain multiply-adds that XLA vectorises.
+_PI_PARTS = _pi_parts()
+# Taylor coefficients of sin(r)/r - 1 and of cos(r) - 1 in powers of r², highest first (truncation < 1e-9 on
+# [-π/2, π/2], below float32 rounding).
+_SIN_COEFFS = tuple(np.float32((-1) ** i / math.factorial(2 * i + 1)) for i in range(7, 0, -1))
+_COS_COEFFS = tuple(np.float32((-1) ** i / math.factorial(2 * i)) for i in range(8, 0, -1))
 
-    XLA on CPU evaluates ``jnp.sin`` one element at a time (about 20× slower here), and Snake takes a sine
-    of every activation: 180 M of them for 10 s of audio. ``sin²`` has period π, so ``y`` is reduced to
-    ``r = y - k·π`` in ``[-π/2, π/2]`` and ``sin r`` is a degree-13 odd polynomial.
+
+def _horner(r2, coeffs):
+    p = jnp.full_like(r2, coeffs[0])
+    for c in coeffs[1:]:
+        p = p * r2 + c
+    return p * r2
+
+
+def sin_small(r: Float[Array, "..."]) -> Float[Array, "..."]:
+    """``sin r`` for ``|r| <= π/2`` as a polynomial (no range reduction)."""
+    return r + r * _horner(r * r, _SIN_COEFFS)
+
+
+def cos_small(r: Float[Array, "..."]) -> Float[Array, "..."]:
+    """``cos r`` for ``|r| <= π/2`` as a polynomial (no range reduction)."""
+    return 1.0 + _horner(r * r, _COS_COEFFS)
+
+
+def sin(y: Float[Array, "..."]) -> Float[Array, "..."]:
+    """``sin y`` to a few 1e-7 absolute, as multiply-adds that XLA vectorises.
+
+    XLA on CPU evaluates ``jnp.sin`` one element at a time (about 20× slower here), and HiFT takes a sine of
+    every Snake activation (180 M of them for 10 s of audio) and of every source sample. ``y`` is reduced to
+    ``r = y - k·π`` in ``[-π/2, π/2]`` (exact for ``|y| < 2·10⁵``, gracefully worse beyond), then
+    ``sin y = (-1)^k · sin r``.
     """
     k = jnp.round(y * np.float32(1 / np.pi))
-    r = ((y - k * _PI_HI) - k * _PI_MID) - k * _PI_LO
-    r2 = r * r
-    p = jnp.full_like(r2, _SIN_COEFFS[0])
-    for c in _SIN_COEFFS[1:]:
-        p = p * r2 + c
-    s = r + r * (r2 * p)
-    return s * s
+    r = y
+    for part in _PI_PARTS:
+        r = r - k * part
+    odd = k - 2.0 * jnp.floor(0.5 * k)  # k mod 2
+    return (1.0 - 2.0 * odd) * sin_small(r)
 
 
 class Snake(nn.Module):
@@ -56,7 +85,7 @@ class Snake(nn.Module):
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
         alpha = self.param("alpha", nn.initializers.ones, (x.shape[-1],))
         inv = 1.0 / (alpha + self.eps)  # [d]; a reciprocal then a product, as the original computes it
-        return x + inv * sin_squared(x * alpha)
+        return x + inv * jnp.square(sin(x * alpha))
 
 
 class ResBlock(nn.Module):
