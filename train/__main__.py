@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list-keys", action="store_true", help="print the settable config keys and exit")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
+    logging.getLogger("train").setLevel(logging.INFO)  # ours at INFO; libraries (orbax/absl) at WARNING
     module = load_experiment(args.config)
     config = apply_overrides(module.get_config(args.preset), args.set)
     if args.list_keys:

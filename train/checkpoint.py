@@ -156,14 +156,19 @@ def restore_params(source, abstract_params: PyTree, shardings: PyTree) -> PyTree
     try:
         step = manager.latest_step()
         if step is None:
-            raise ValueError(f"train.init_from: expected a workdir or checkpoint directory, {source!r} has no checkpoint")
+            raise ValueError(f"train.init_from: expected a workdir or checkpoint directory, "
+                             f"{source!r} has no checkpoint")
         tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
     finally:
         manager.close()
     params = tree["params"]
-    want = jax.tree.map(lambda a: (tuple(a.shape), np.dtype(a.dtype)), abstract_params)
-    got = jax.tree.map(lambda a: (tuple(np.shape(a)), np.dtype(a.dtype)), params)
-    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
-        raise ValueError(f"train.init_from: the params at step {step} of {source!r} do not match this model's "
-                         f"(shapes/dtypes {got} vs expected {want})")
+    want = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    got = jax.tree_util.tree_flatten_with_path(params)[0]
+    if [p for p, _ in want] != [p for p, _ in got]:
+        raise ValueError(f"train.init_from: the params at step {step} of {source!r} have a different structure "
+                         f"({len(got)} leaves) from this model's ({len(want)} leaves)")
+    for (path, a), (_, b) in zip(want, got):
+        if (tuple(a.shape), np.dtype(a.dtype)) != (tuple(np.shape(b)), np.dtype(b.dtype)):
+            raise ValueError(f"train.init_from: params{jax.tree_util.keystr(path)} at step {step} of {source!r}: "
+                             f"expected {a.dtype}{list(a.shape)}, got {b.dtype}{list(np.shape(b))}")
     return jax.device_put(params, shardings)

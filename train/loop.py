@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 import jax
 import numpy as np
 
-from fmjax.loss import per_t_bin
 from train.checkpoint import Checkpointer, restore_params
 from train.config import config_to_dict, write_config
 from train.experiment import Experiment
@@ -134,22 +133,16 @@ def _flat_diff(a, b, prefix="") -> list[str]:
 
 
 def _validate(eval_step, params, batches, key, guard: _BatchGuard, mesh) -> dict:
-    """Validation loss (weighted mean of per-example losses) and its curve over ``T_BINS`` flow-time bins."""
-    sums = counts = None
-    total = weight = 0.0
+    """Validation loss (weighted mean of per-example losses) and its curve over the flow-time bins."""
+    total = None
     for i, batch in enumerate(batches):
-        if not guard.accept(batch, i, train=False):
-            continue
-        out = jax.device_get(eval_step(params, shard_batch(batch, mesh), jax.random.fold_in(key, i)))
-        s, _ = per_t_bin(out["t"], out["per_example"] * out["weight"], T_BINS)
-        c, _ = per_t_bin(out["t"], out["weight"], T_BINS)
-        sums, counts = (s, c) if sums is None else (sums + s, counts + c)
-        total += float(np.sum(out["per_example"] * out["weight"]))
-        weight += float(np.sum(out["weight"]))
-    if sums is None:
+        if guard.accept(batch, i, train=False):
+            out = jax.device_get(eval_step(params, shard_batch(batch, mesh), jax.random.fold_in(key, i)))
+            total = out if total is None else {k: total[k] + out[k] for k in total}
+    if total is None:
         return {}
-    per_t = [float(s / c) if c > 0 else None for s, c in zip(np.asarray(sums), np.asarray(counts))]
-    return {"val_loss": total / max(weight, 1e-12), "val_loss_per_t": per_t}
+    per_t = [float(s / c) if c > 0 else None for s, c in zip(total["bin_sums"], total["bin_counts"])]
+    return {"val_loss": float(total["loss_sum"] / max(total["weight_sum"], 1e-12)), "val_loss_per_t": per_t}
 
 
 def run(exp: Experiment, workdir, *, progress: bool = True,
@@ -185,7 +178,8 @@ def run(exp: Experiment, workdir, *, progress: bool = True,
             state, position, source = restored.state, restored.position, "workdir"
             changed = _flat_diff(restored.config, cfg_dict)
             if changed:
-                log.warning("resuming from step %d with a config that differs in: %s", restored.step, ", ".join(changed))
+                log.warning("resuming from step %d with a config that differs in: %s", restored.step,
+                            ", ".join(changed))
         elif tc.init_from:  # 2. parameters of another run
             params = restore_params(tc.init_from, abstract.params, shardings.params)
             state, source = state_from_params(params, optimizer, shardings), "init_from"
@@ -203,7 +197,7 @@ def run(exp: Experiment, workdir, *, progress: bool = True,
                                grad_names=leaf_names(abstract.params), progress=progress)
         train_step = jit_train_step(make_train_step(exp.loss_fn, optimizer, schedule, ema_decay=cfg.optim.ema_decay,
                                                     compute_dtype=tc.compute_dtype), shardings, mesh)
-        eval_step = jit_eval_step(make_eval_step(exp.loss_fn, tc.compute_dtype), shardings.params, mesh)
+        eval_step = jit_eval_step(make_eval_step(exp.loss_fn, tc.compute_dtype, T_BINS), shardings.params, mesh)
         guard = _BatchGuard(tc.batch_size, tc.max_batch_shapes)
 
         def evaluate(final: bool) -> list:
@@ -212,7 +206,7 @@ def run(exp: Experiment, workdir, *, progress: bool = True,
             scalars.update({k: float(v) for k, v in exp.evaluate(params, step, workdir).items()})
             writer.write(step, scalars)
             outputs = list(exp.write_samples(params, step, workdir))
-            if final or outputs:
+            if (final or outputs) and writer.primary:
                 outputs.append(plot_loss_curve(read_metrics(writer.path), workdir / "loss_curve.png", cfg.experiment))
             return outputs
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import pathlib
+import sys
 import time
 
 import jax
@@ -43,10 +44,18 @@ def read_metrics(path) -> list[dict]:
 
 
 def _tensorboard_writer(logdir: pathlib.Path, purge_step: int | None):
+    # tensorboardX imports torch when it is installed (seconds, for an isinstance check we never need):
+    # hide torch during the import unless it is loaded already.
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
+    finally:
+        if hide:
+            del sys.modules["torch"]
     return SummaryWriter(logdir=str(logdir), purge_step=purge_step)
 
 

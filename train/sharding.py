@@ -12,7 +12,8 @@ process (on Cloud TPU and SLURM it discovers the coordinator itself; otherwise p
 ``jax.devices()`` then lists the devices of all hosts, :func:`make_mesh` spans them, every host computes the
 same global batch from ``(seed, position)`` and :func:`shard_batch` places only its addressable shards.
 Checkpoints need a directory all hosts can reach (orbax coordinates the processes); only process 0 writes
-metrics and plots.
+``metrics.jsonl``, TensorBoard and the loss curve, while the experiment's ``evaluate``/``write_samples`` hooks run
+on every process (they compute on global arrays; they should write files from process 0 only).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fmjax.loss import per_t_bin
 from fmjax.typing import Key, PyTree
 from train.sharding import batch_sharding, replicated
 from train.state import TrainState
@@ -79,8 +80,9 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(loss_fn: Callable, compute_dtype: str = "float32") -> Callable:
-    """``eval_step(params, batch, key) -> {per_example [b], t [b], weight [b]}`` (weight 1 unless aux has one)."""
+def make_eval_step(loss_fn: Callable, compute_dtype: str = "float32", t_bins: int = 10) -> Callable:
+    """``eval_step(params, batch, key) -> {loss_sum, weight_sum, bin_sums [t_bins], bin_counts [t_bins]}``: sums of
+    the (weighted) per-example losses overall and per flow-time bin, to accumulate over a validation set."""
     dtype = jnp.dtype(compute_dtype)
 
     def eval_step(params, batch, key):
@@ -90,7 +92,11 @@ def make_eval_step(loss_fn: Callable, compute_dtype: str = "float32") -> Callabl
             raise ValueError(f"loss_fn: aux must hold 'per_example' [b] and 't' [b] for validation, lacks {missing}")
         per_example = aux["per_example"].astype(jnp.float32)
         weight = aux.get("weight", jnp.ones_like(per_example)).astype(jnp.float32)
-        return dict(per_example=per_example, t=aux["t"].astype(jnp.float32), weight=weight)
+        t = aux["t"].astype(jnp.float32)
+        bin_sums, _ = per_t_bin(t, per_example * weight, t_bins)
+        bin_counts, _ = per_t_bin(t, weight, t_bins)
+        return dict(loss_sum=jnp.sum(per_example * weight), weight_sum=jnp.sum(weight), bin_sums=bin_sums,
+                    bin_counts=bin_counts)
 
     return eval_step
 

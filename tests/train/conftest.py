@@ -33,6 +33,11 @@ def toy_config():
     return small_toy
 
 
+@pytest.fixture
+def toy_overrides():
+    return list(SMALL_TOY)
+
+
 # ------------------------------------------------------------------------------- a sequence experiment
 
 

@@ -2,12 +2,15 @@
 
     python -m train --config train/configs/toy2d.py --preset tiny --workdir /tmp/toy2d
 
-Expected result (tiny: 400 steps, ~15 s on a 2-core CPU): ``train loss`` falls from ~4.5 to ~1.4 (the
-irreducible CFM variance of this coupling); the final ``eval`` row of ``metrics.jsonl`` has ``sliced_w2`` ≈ 0.15
-(sliced Wasserstein-2 between 2000 generated points and fresh moons, 32 Euler steps with the EMA parameters;
-the 8-Gaussian source itself scores ~0.48, two independent moon samples ~0.10). ``samples/step_000400.png``
-shows source, generated and target points side by side; ``loss_curve.png`` the loss and the validation loss per
-flow-time bin. The ``default`` preset (5000 steps, wider MLP) reaches sliced W2 ≈ 0.11.
+Expected result (tiny: 1500 steps of batch 256, MLP 128 x 3; ~12 s of CPU time, ~25 s wall on a busy 2-core
+machine): the train loss falls from ~2.8 to ~1.7 (what remains is the irreducible variance of independent
+couplings); the validation loss is ~1.87 / 1.72 / 1.70 at steps 500 / 1000 / 1500, and ``sliced_w2`` (sliced
+Wasserstein-2 between 2000 points generated with 32 Euler steps from the EMA parameters and 2000 fresh moons)
+~0.10 / 0.08 / 0.08, at the metric's finite-sample floor (two independent moon samples score ~0.10, the
+8-Gaussian source ~0.48). ``samples/step_001500.png`` shows source, generated and target points side by side,
+``loss_curve.png`` the losses and the validation loss per flow-time bin. Rerunning the command resumes (and
+returns at once once the run is complete). The ``default`` preset (5000 steps of batch 512, MLP 128 x 4; ~25 s of
+CPU time) reaches validation loss 1.54 with visibly thinner moons; its ``sliced_w2`` (~0.09) sits at the same floor.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from train.experiment import Experiment
 from train.plots import plot_points
 
 PRESETS = ("tiny", "default")
+CHUNK = 64  # training batches drawn per device call (amortises dispatch; the data do not depend on it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,8 @@ class DataConfig:
         for name in ("eval_batches", "eval_points", "ode_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name}: expected an int >= 1, got {getattr(self, name)!r}")
+        if self.eval_batches > CHUNK:
+            raise ValueError(f"data.eval_batches: expected at most {CHUNK}, got {self.eval_batches}")
 
 
 def get_config(preset: str = "tiny") -> Config:
@@ -88,7 +94,7 @@ def get_config(preset: str = "tiny") -> Config:
         return Config(
             experiment="toy2d",
             model=ModelConfig(hidden=128, depth=4),
-            data=DataConfig(eval_points=4000),
+            data=DataConfig(eval_batches=8),
             optim=OptimConfig(lr=2e-3, warmup_steps=200, ema_decay=0.995),
             train=TrainConfig(steps=5000, batch_size=512, log_every=100, eval_every=1000, ckpt_every=1000),
         )
@@ -104,15 +110,23 @@ class Toy2D(Experiment):
         self.model = ToyMLP(hidden=mc.hidden, depth=mc.depth, time_features=mc.time_features)
         self.loss = CFMLoss(path=CondOTPath(mc.sigma_min), t_sampler=get_t_sampler(mc.t_sampler))
         src, tgt, b = get_distribution(dc.source), get_distribution(dc.target), config.train.batch_size
-        self._pairs = jax.jit(lambda k: (src(jax.random.fold_in(k, 0), b), tgt(jax.random.fold_in(k, 1), b)))
-        k_src, k_tgt = jax.random.split(jax.random.key(12345))
 
-        def generate(params):  # jitted once, reused by every evaluation
+        def chunk(key, first):  # batches first .. first + CHUNK - 1; batch p depends on (key, p) only
+            def pair(p):
+                k = jax.random.fold_in(key, p)
+                return src(jax.random.fold_in(k, 0), b), tgt(jax.random.fold_in(k, 1), b)
+
+            return jax.vmap(pair)(first + jnp.arange(CHUNK))  # ([CHUNK, b, 2], [CHUNK, b, 2])
+
+        k_src, k_tgt, k_sw = jax.random.split(jax.random.key(12345), 3)
+
+        def generate(params):  # source, generated and target points and their sliced W2, from fixed keys
             x0 = src(k_src, dc.eval_points)
             x1, _ = sample(lambda t, x, c: self.model.apply(params, t, x), x0, None, linear_grid(dc.ode_steps))
-            return x0, x1, tgt(k_tgt, dc.eval_points)
+            target = tgt(k_tgt, dc.eval_points)
+            return x0, x1, target, sliced_wasserstein(k_sw, x1, target)
 
-        self._generate_jit = jax.jit(generate)
+        self._chunk, self._generate = jax.jit(chunk), jax.jit(generate)
 
     def init_params(self, key):
         return self.model.init(key, jnp.zeros((1,)), jnp.zeros((1, 2)))
@@ -122,30 +136,29 @@ class Toy2D(Experiment):
         loss, aux = self.loss(velocity, batch["x1"], key=key, draws=LossDraws(z=batch["x0"]))
         return loss, {"per_example": aux["per_example"], "t": aux["t"]}
 
-    def _batch(self, key) -> dict:
-        x0, x1 = jax.device_get(self._pairs(key))
-        return {"x0": np.asarray(x0), "x1": np.asarray(x1)}
+    def _batches(self, key, first: int) -> list[dict]:
+        x0, x1 = (np.asarray(a) for a in jax.device_get(self._chunk(key, first)))
+        return [{"x0": x0[i], "x1": x1[i]} for i in range(CHUNK)]
 
     def train_batches(self, seed: int, position: int):
         data_key = jax.random.fold_in(jax.random.key(seed), 1)
         while True:
-            yield self._batch(jax.random.fold_in(data_key, position)), position + 1
-            position += 1
+            first = position - position % CHUNK
+            for batch in self._batches(data_key, first)[position - first :]:
+                position += 1
+                yield batch, position
 
     def eval_batches(self):
         eval_key = jax.random.key(2**31 - 1)  # fixed: the same validation pairs for every run and seed
-        return [self._batch(jax.random.fold_in(eval_key, i)) for i in range(self.config.data.eval_batches)]
-
-    def _generate(self, params):
-        """``(x0, generated, target)``, each ``[eval_points, 2]`` numpy, from fixed keys."""
-        return tuple(np.asarray(a) for a in jax.device_get(self._generate_jit(params)))
+        return self._batches(eval_key, 0)[: self.config.data.eval_batches]
 
     def evaluate(self, params, step, workdir):
-        _, generated, target = self._generate(params)
-        return {"sliced_w2": float(sliced_wasserstein(jax.random.key(3), jnp.asarray(generated), jnp.asarray(target)))}
+        return {"sliced_w2": float(self._generate(params)[3])}
 
     def write_samples(self, params, step, workdir):
-        x0, generated, target = self._generate(params)
+        x0, generated, target, _ = jax.device_get(self._generate(params))
+        if jax.process_index() != 0:
+            return []
         out = pathlib.Path(workdir) / "samples" / f"step_{step:06d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         dc = self.config.data
