@@ -8,7 +8,8 @@ Layout (SPEC §4 of the CosyVoice2 reference, channels last):
 pack           ``[x | mu | spks broadcast over t | prompt]`` → ``[b, t, in_channels]``
 ``down``       causal resnet (in → channels) + ``n_blocks`` transformer blocks; kept as the skip
 ``down_conv``  causal conv k=3 on ``h·mask``
-``mid``        ``num_mid_blocks`` × (causal resnet + ``n_blocks`` transformer blocks), one ``lax.scan``
+``mid``        ``num_mid_blocks`` × (causal resnet + ``n_blocks`` transformer blocks) with stacked params: one
+               ``lax.scan`` offline; unrolled in the streaming step (per-stage ring buffers, updated in place)
 ``up``         causal resnet on ``[h | skip]`` (current first) + ``n_blocks`` transformer blocks
 ``up_conv``    causal conv k=3 on ``h·mask``
 ``final``      :class:`~fmjax.nn.unet_blocks.CausalBlock1D`, then ``final_proj`` 1×1 on ``h·mask``, ``·mask``
@@ -106,11 +107,11 @@ class StageCache(NamedTuple):
 
 
 class CausalUNetCache(NamedTuple):
-    """Streaming state of the whole estimator (fixed shapes; ``mid`` leaves have a leading layer axis)."""
+    """Streaming state of the whole estimator (fixed shapes): one entry per stage, ``mid`` a tuple of them."""
 
     down: StageCache
     down_conv: ConvCache
-    mid: StageCache
+    mid: tuple[StageCache, ...]
     up: StageCache
     up_conv: ConvCache
     final_block: ConvCache
@@ -202,14 +203,17 @@ class CausalConditionalDecoder(nn.Module):
         skip = h
         h, down_conv_cache = CausalConv1d(cfg.channels, 3, name="down_conv")(masked(h), c.down_conv)
         down_conv = h
-        mid = nn.scan(
-            _Stage,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
-            length=cfg.num_mid_blocks,
-        )(cfg, name="mid")
-        h, (mid_cache, mid_aux) = mid(h, mask, t_emb, attn_mask, valid, c.mid)
+        if cache is None:  # one scan over the stacked params of the identical mid stages
+            mid = nn.scan(
+                _Stage,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                length=cfg.num_mid_blocks,
+            )(cfg, name="mid")
+            h, (mid_cache, mid_aux) = mid(h, mask, t_emb, attn_mask, valid, None)
+        else:
+            h, mid_cache = self._mid_step(h, mask, t_emb, valid, c.mid)
         h = jnp.concatenate([h, skip], axis=-1)  # [b, t, 2·channels]
         h, (up_cache, up_aux) = _Stage(cfg, name="up")(h, mask, t_emb, attn_mask, valid, c.up)
         h, up_conv_cache = CausalConv1d(cfg.channels, 3, name="up_conv")(masked(h), c.up_conv)
@@ -226,6 +230,18 @@ class CausalConditionalDecoder(nn.Module):
         for i in range(cfg.num_mid_blocks):
             aux.update({f"mid{i}.{k}": a[i] for k, a in mid_aux.items()})
         return v, aux
+
+    def _mid_step(self, h, mask, t_emb, valid, caches):
+        """Streaming step through the mid stages, unrolled over the stacked params of ``mid``: each stage
+        keeps its own ring buffers, updated in place, where a scan would copy every buffer in and out."""
+        stacked = self.variables["params"]["mid"]
+        stage = _Stage(self.config, parent=None)
+        new_caches = []
+        for i, stage_cache in enumerate(caches):
+            params_i = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
+            h, (stage_cache, _) = stage.apply({"params": params_i}, h, mask, t_emb, None, valid, stage_cache)
+            new_caches.append(stage_cache)
+        return h, tuple(new_caches)
 
     @nn.nowrap
     def init_cache(self, batch: int, window: int, dtype=jnp.float32) -> CausalUNetCache:
@@ -249,10 +265,10 @@ class CausalConditionalDecoder(nn.Module):
             return ConvCache(jnp.zeros((batch, 2, width), dtype))
 
         def stage(width_in):
-            kv = init_kv_cache(batch, window, cfg.num_heads, cfg.head_dim, dtype)
-            return StageCache(ResnetCache(conv(width_in), conv(d)), (kv,) * cfg.n_blocks)
+            kv = tuple(init_kv_cache(batch, window, cfg.num_heads, cfg.head_dim, dtype) for _ in range(cfg.n_blocks))
+            return StageCache(ResnetCache(conv(width_in), conv(d)), kv)
 
-        mid = _stack(stage(d), cfg.num_mid_blocks)
+        mid = tuple(stage(d) for _ in range(cfg.num_mid_blocks))
         return CausalUNetCache(stage(cfg.in_channels), conv(d), mid, stage(2 * d), conv(d), conv(d))
 
     @nn.nowrap
@@ -294,10 +310,7 @@ class CausalConditionalDecoder(nn.Module):
         keys = cache.down.attn[0].keys
         if keys.shape[0] != b:
             raise ValueError(f"cache: built for batch {keys.shape[0]}, but x has batch {b}")
-        if keys.shape[2:] != (cfg.num_heads, cfg.head_dim) or len(cache.down.attn) != cfg.n_blocks:
+        if (keys.shape[1], keys.shape[3]) != (cfg.num_heads, cfg.head_dim) or len(cache.down.attn) != cfg.n_blocks:
             raise ValueError(f"cache: K/V shape {keys.shape} does not match the config {cfg}")
         return t
 
-
-def _stack(tree, n: int):
-    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), tree)

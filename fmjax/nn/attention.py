@@ -31,14 +31,14 @@ class KVCache(NamedTuple):
     """Fixed-window K/V ring buffer of one attention layer.
 
     Attributes:
-      keys: ``[b, w, h, k]``.
-      values: ``[b, w, h, k]``.
+      keys: ``[b, h, w, k]`` (head-major, the layout the attention matmuls read without a transpose).
+      values: ``[b, h, w, k]``.
       pos: ``[b, w]`` int32 absolute frame position held by each slot; ``-1`` = empty slot or padded frame.
       count: ``[]`` int32 frames written so far (absolute position of the next chunk's first frame).
     """
 
-    keys: Float[Array, "b w h k"]
-    values: Float[Array, "b w h k"]
+    keys: Float[Array, "b h w k"]
+    values: Float[Array, "b h w k"]
     pos: Int[Array, "b w"]
     count: Int[Array, ""]
 
@@ -47,8 +47,9 @@ def init_kv_cache(batch: int, window: int, heads: int, head_dim: int, dtype=jnp.
     """An empty ring buffer: zero keys/values, every slot at position ``-1``, ``count = 0``."""
     if window < 1:
         raise ValueError(f"window: expected >= 1 slot, got {window}")
-    zeros = jnp.zeros((batch, window, heads, head_dim), dtype)
-    return KVCache(zeros, zeros, jnp.full((batch, window), -1, jnp.int32), jnp.zeros((), jnp.int32))
+    shape = (batch, heads, window, head_dim)  # keys and values are distinct buffers (donation needs that)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, window), -1, jnp.int32),
+                   jnp.zeros((), jnp.int32))
 
 
 def kv_cache_write(
@@ -60,17 +61,16 @@ def kv_cache_write(
     c = k.shape[1]
     if c > w:
         raise ValueError(f"k: a chunk of {c} frames does not fit a window of {w} slots")
-    if k.shape != (b, c) + cache.keys.shape[2:] or v.shape != k.shape:
-        raise ValueError(
-            f"k, v: expected shape {(b, c) + cache.keys.shape[2:]} to match the cache, got {k.shape} and {v.shape}"
-        )
+    expected = (b, c, cache.keys.shape[1], cache.keys.shape[3])
+    if k.shape != expected or v.shape != expected:
+        raise ValueError(f"k, v: expected shape {expected} to match the cache, got {k.shape} and {v.shape}")
     if valid.shape != (b, c):
         raise ValueError(f"valid: expected shape {(b, c)}, got {valid.shape}")
     positions = cache.count + jnp.arange(c, dtype=jnp.int32)  # [c]
     slots = positions % w  # [c]
     return KVCache(
-        keys=cache.keys.at[:, slots].set(k.astype(cache.keys.dtype)),
-        values=cache.values.at[:, slots].set(v.astype(cache.values.dtype)),
+        keys=cache.keys.at[:, :, slots].set(jnp.swapaxes(k, 1, 2).astype(cache.keys.dtype)),  # in place when donated
+        values=cache.values.at[:, :, slots].set(jnp.swapaxes(v, 1, 2).astype(cache.values.dtype)),
         pos=cache.pos.at[:, slots].set(jnp.where(valid, positions[None, :], -1)),
         count=cache.count + c,
     )
@@ -101,12 +101,21 @@ def dot_product_attention(
     """
     b, t, h, _ = q.shape
     s = k.shape[1]
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
     extras = {name: _as_4d(a, name, b, h, t, s) for name, a in (("mask", mask), ("bias", bias)) if a is not None}
     qh, kh, vh = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # head-major [b, h, t|s, k]
+    out = _attention_head_major(qh, kh, vh, extras.get("mask"), extras.get("bias"), scale)
+    return jnp.swapaxes(out, 1, 2)  # [b, t, h, k]
+
+
+def _attention_head_major(qh, kh, vh, mask, bias, scale):
+    """q ``[b, h, t, k]``, k/v ``[b, h, s, k]``, 4-D mask/bias or None -> ``[b, h, t, k]``, in query blocks."""
+    b, h, t, d = qh.shape
+    s = kh.shape[2]
+    scale = d**-0.5 if scale is None else scale
+    extras = {name: a for name, a in (("mask", mask), ("bias", bias)) if a is not None}
     block = _query_block(b * h, t, s)
     if block >= t:
-        return jnp.swapaxes(_attend(qh, kh, vh, extras.get("mask"), extras.get("bias"), scale), 1, 2)
+        return _attend(qh, kh, vh, mask, bias, scale)
     n = -(-t // block)
 
     def split(a, fill):  # [b, h, t, ...] -> [n, b, h, block, ...]; broadcast (size-1) axes are not split
@@ -125,8 +134,7 @@ def dot_product_attention(
         return _attend(parts["q"], kh, vh, parts.get("mask"), parts.get("bias"), scale)  # [b, h, block, k]
 
     out = jax.lax.map(one, blocks)  # [n, b, h, block, k]
-    out = jnp.moveaxis(out, 0, 2).reshape(b, h, n * block, -1)[:, :, :t]  # [b, h, t, k]
-    return jnp.swapaxes(out, 1, 2)  # [b, t, h, k]
+    return jnp.moveaxis(out, 0, 2).reshape(b, h, n * block, -1)[:, :, :t]  # [b, h, t, k]
 
 
 def _as_4d(a, name, b, h, t, s):
@@ -189,7 +197,8 @@ def cached_attention(
     q_pos = cache.count + jnp.arange(q.shape[1], dtype=jnp.int32)  # [c]
     cache = kv_cache_write(cache, k, v, valid)
     mask = fill_empty_rows(chunk_visibility(q_pos[None, :], cache.pos, chunk_size, num_left_chunks))  # [b, c, w]
-    return dot_product_attention(q, cache.keys, cache.values, mask=mask, scale=scale), cache
+    out = _attention_head_major(jnp.swapaxes(q, 1, 2), cache.keys, cache.values, mask[:, None], None, scale)
+    return jnp.swapaxes(out, 1, 2), cache  # [b, c, h, k]
 
 
 class MultiHeadAttention(nn.Module):
