@@ -220,11 +220,13 @@ def run(exp: Experiment, workdir, *, progress: bool = True,
             step, position = step + 1, next_position
             writer.push(step, metrics)
             last = step == tc.steps
-            if step % tc.log_every == 0 or step % tc.ckpt_every == 0 or last:
+            save = step % tc.ckpt_every == 0 or last
+            eval_now = bool(tc.eval_every) and step % tc.eval_every == 0 and not last
+            if step % tc.log_every == 0 or save or eval_now:  # NaN/inf surface before any eval or save
                 writer.flush(compiles=_compiles(train_step, guard), skipped_batches=guard.skipped)
-            if tc.eval_every and step % tc.eval_every == 0 and not last:
+            if eval_now:
                 evaluate(final=False)
-            if step % tc.ckpt_every == 0 or last:
+            if save:
                 ckpt.save(state, position=position, config=cfg_dict)
             for callback in callbacks:
                 callback(step, state)

@@ -88,6 +88,7 @@ def test_cli_outputs_rerun_and_kill_resume(toy_overrides, tmp_path):
     resumed = _cli(killed, overrides, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ("(workdir, started at 20)" in resumed.stdout) or ("(workdir, started at 10)" in resumed.stdout)
+    assert "train-step compilations: 1;" in resumed.stdout  # the restored state did not force a recompile
     ref_state, new_state = _leaves(_final_state(ref, 30)), _leaves(_final_state(killed, 30))
     assert len(ref_state) == len(new_state)
     assert all(np.array_equal(a, b) for a, b in zip(ref_state, new_state))  # bit-exact: params, Adam, EMA, step
