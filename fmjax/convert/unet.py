@@ -161,7 +161,9 @@ def _infer_config(r: StateDictReader, num_heads, cond_dim, activation, attention
     for i in range(levels):
         shape = r.shape(f"down_blocks.{i}.0.block1.block.0.weight")
         if shape is None:
-            raise StateDictError(f"state dict: down_blocks.{i}.0.block1.block.0.weight is missing (found {levels} levels)")
+            raise StateDictError(
+                f"state dict: down_blocks.{i}.0.block1.block.0.weight is missing (found {levels} levels)"
+            )
         channels.append(shape[0])
     in_channels = shapes["conv_in"][1]
     mel = shapes["proj"][0]

@@ -13,7 +13,7 @@ pack               ``[x | mu | spks broadcast over t | prompt]`` → ``[b, t, in
 ``mid``            ``num_mid_blocks`` stages at ``channels[-1]`` and mask ``m_{L-1}``, one ``lax.scan``
 ``up_i``           stage on ``[h | skip_{L-1-i}]`` (current first) at mask ``m_{L-1-i}``
 ``upsample_i``     on ``h·m``: ConvTranspose k=4 stride 2 (``t → 2t``), a plain conv k=3 at the last level
-``final_block``    :class:`~fmjax.nn.unet_blocks.Block1D` at ``mask``, then ``final_proj`` 1×1 on ``h·mask``, ``·mask``
+``final_block``    :class:`~fmjax.nn.unet_blocks.Block1D` at ``mask``; ``final_proj`` 1×1 on ``h·mask``, ``·mask``
 =================  ===========================================================================================
 
 Differences between the originals, and the config fields that select them:
@@ -102,7 +102,9 @@ class UNetConfig:
         if not isinstance(channels, tuple) or not channels or not all(
             isinstance(c, int) and c > 0 and c % GROUPS == 0 for c in channels
         ):
-            raise ValueError(f"channels: expected a non-empty tuple of positive multiples of {GROUPS}, got {channels!r}")
+            raise ValueError(
+                f"channels: expected a non-empty tuple of positive multiples of {GROUPS}, got {channels!r}"
+            )
         positive = ("mel_dim", "mu_dim", "n_blocks", "num_heads", "head_dim", "ff_mult")
         for name in positive + ("spk_dim", "cond_dim", "num_mid_blocks"):
             value = getattr(self, name)
@@ -182,7 +184,7 @@ class ConditionalDecoder(nn.Module):
             ``crop_upsampled``.
           cond: :class:`~fmjax.cond.MelCond` with ``mu [b, t, mu_dim]``, ``spks [b, spk_dim]``,
             ``prompt [b, t, cond_dim]`` and ``mask [b, t]``; ``spks``/``prompt`` may be None when their width
-            is 0.
+            is 0 (pass zero-width arrays instead where :meth:`~fmjax.cond.MelCond.null` is used, e.g. CFG).
           t: ``[b]`` (or scalar) flow time.
 
         Returns:
@@ -275,7 +277,8 @@ class ConditionalDecoder(nn.Module):
         }
         for name, (a, shape) in expected.items():
             if tuple(getattr(a, "shape", ())) != shape:
-                raise ValueError(f"{name}: expected shape {shape} for x of shape {x.shape}, got {getattr(a, 'shape', a)}")
+                got = getattr(a, "shape", a)
+                raise ValueError(f"{name}: expected shape {shape} for x of shape {x.shape}, got {got}")
         if not cfg.crop_upsampled and n % cfg.length_multiple:
             raise ValueError(
                 f"x: {n} frames; a U-Net with {len(cfg.channels)} levels needs a multiple of {cfg.length_multiple} "
