@@ -17,7 +17,7 @@ from fmjax.convert.common import StateDictError, count_parameters
 from fmjax.convert.unet import convert_unet
 from fmjax.models.unet import ConditionalDecoder, UNetConfig
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore:.*LoRACompatibleLinear:FutureWarning")]
 torch = pytest.importorskip("torch")
 decoder_module = pytest.importorskip("matcha.models.components.decoder")
 
