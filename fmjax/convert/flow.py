@@ -1,0 +1,192 @@
+"""CosyVoice2 ``flow.pt`` -> (:class:`~fmjax.models.flow.Token2MelConfig`, Flax params), and fmjax flow checkpoints.
+
+The torch state dict maps onto :class:`~fmjax.models.flow.CosyVoice2Flow` as:
+
+===================================  ===============================================================
+torch                                Flax (``params/...``)
+===================================  ===============================================================
+``input_embedding.weight``           ``input_embedding/embedding``
+``spk_embed_affine_layer.*``         ``spk_embed_affine_layer/{kernel,bias}`` (Linear: transposed)
+``encoder.*``                        ``encoder/...`` (see :mod:`fmjax.convert.encoder`)
+``encoder_proj.*``                   ``encoder_proj/{kernel,bias}``
+``decoder.estimator.*``              ``decoder/...`` (see :mod:`fmjax.convert.causal_unet`)
+===================================  ===============================================================
+
+Sizes are inferred from the shapes. Three settings are not stored in a checkpoint and are arguments: the
+streaming chunk (``static_chunk_size`` tokens; the estimator's chunk is ``token_mel_ratio`` times that), the
+left-chunk count, and the estimator's attention head count. Every key is validated; one
+:class:`~fmjax.convert.common.StateDictError` names all missing, unexpected and mis-shaped keys of the flow and
+its estimator.
+
+An fmjax checkpoint is a directory: ``config.json`` (the config, with its class name) and ``params/`` (an orbax
+``StandardCheckpointer`` tree). Loading it needs neither torch nor the original files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import typing
+
+import jax
+import numpy as np
+
+from fmjax.convert.causal_unet import FLOW_PREFIX, convert_causal_unet
+from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
+from fmjax.convert.encoder import encoder_config_from_state_dict, read_encoder_params, read_token_embedding
+from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, flow_param_shapes
+
+__all__ = ["convert_flow", "save_flow_checkpoint", "load_flow_checkpoint", "config_to_dict", "config_from_dict"]
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def convert_flow(
+    source, *, static_chunk_size: int = 25, num_left_chunks: int = -1, decoder_heads: int = 8
+) -> tuple[Token2MelConfig, dict]:
+    """Converts a CosyVoice2 flow state dict.
+
+    Args:
+      source: ``flow.pt`` (needs the ``torch`` extra), ``.npz`` / ``.safetensors``, or a mapping of torch names
+        to arrays.
+      static_chunk_size: streaming chunk ``C`` in tokens (CosyVoice2: 25; the small fixtures: 5).
+      num_left_chunks: left chunks a chunk sees, ``-1`` = all (CosyVoice2 HEAD).
+      decoder_heads: attention heads of the estimator (CosyVoice2: 8; the small fixtures: 4).
+
+    Returns:
+      ``(config, {"params": ...})`` for ``CosyVoice2Flow(config).apply``.
+
+    Raises:
+      StateDictError: naming every missing, unexpected and mis-shaped key.
+    """
+    state = load_state_dict(source)
+    estimator_sd = {k: v for k, v in state.items() if k.startswith(FLOW_PREFIX)}
+    reader = StateDictReader(
+        {k: v for k, v in state.items() if not k.startswith(FLOW_PREFIX)}, what="CosyVoice2 flow"
+    )
+    problems = []
+    try:
+        encoder = encoder_config_from_state_dict(
+            reader, static_chunk_size=static_chunk_size, num_left_chunks=num_left_chunks
+        )
+    except StateDictError as e:
+        problems.append(str(e))
+        encoder = None
+    est_cfg, est_params = None, None
+    if not estimator_sd:
+        problems.append(f"state dict does not match the CosyVoice2 flow: missing keys {FLOW_PREFIX}* (no estimator)")
+    else:
+        chunk = static_chunk_size * (encoder.upsample_stride if encoder is not None else 2)
+        try:
+            est_cfg, est_params = convert_causal_unet(
+                estimator_sd, num_heads=decoder_heads, chunk_size=chunk, num_left_chunks=num_left_chunks
+            )
+        except StateDictError as e:
+            problems.append(str(e).replace(":\n", f" (keys under {FLOW_PREFIX}):\n", 1))
+    params = {}
+    if encoder is not None:
+        d = encoder.output_size
+        mel = est_cfg.mu_dim if est_cfg is not None else _rows(reader, "encoder_proj.weight", 80)
+        spk = est_cfg.spk_dim if est_cfg is not None else _rows(reader, "spk_embed_affine_layer.weight", 80)
+        spk_in = (reader.shape("spk_embed_affine_layer.weight") or (spk, 192))[-1]
+        params["encoder"] = read_encoder_params(reader, encoder)["params"]
+        vocab, table = read_token_embedding(reader, encoder.input_size)
+        params["input_embedding"] = table["params"]
+        params["spk_embed_affine_layer"] = _linear(reader, "spk_embed_affine_layer", spk_in, spk)
+        params["encoder_proj"] = _linear(reader, "encoder_proj", d, mel)
+    try:
+        reader.finish()
+    except StateDictError as e:
+        problems.insert(0, str(e))
+    if problems:
+        raise StateDictError("\n".join(problems))
+    params["decoder"] = est_params["params"]
+    config = Token2MelConfig(vocab_size=vocab, spk_embed_dim=spk_in, encoder=encoder, estimator=est_cfg)
+    return config, {"params": jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)}
+
+
+def _rows(reader: StateDictReader, name: str, default: int) -> int:
+    shape = reader.shape(name)
+    return shape[0] if shape else default
+
+
+def _linear(reader: StateDictReader, name: str, n_in: int, n_out: int) -> dict:
+    return {"kernel": reader.take(f"{name}.weight", (n_out, n_in)).T, "bias": reader.take(f"{name}.bias", (n_out,))}
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+_CONFIG_CLASSES: dict[str, tuple[type, type]] = {"Token2MelConfig": (Token2MelConfig, CosyVoice2Flow)}
+
+
+def register_flow_config(config_cls: type, module_cls: type) -> None:
+    """Lets :func:`load_flow_checkpoint` rebuild another flow config class (e.g. CosyVoice3's)."""
+    _CONFIG_CLASSES[config_cls.__name__] = (config_cls, module_cls)
+
+
+def config_to_dict(config) -> dict:
+    """A frozen (nested) config dataclass as a JSON-ready dict with its class name under ``"class"``."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"config: expected a config dataclass, got {type(config).__name__}")
+    return {"class": type(config).__name__, **dataclasses.asdict(config)}
+
+
+def config_from_dict(data: dict):
+    """Inverse of :func:`config_to_dict` for the registered flow configs."""
+    name = data.get("class")
+    if name not in _CONFIG_CLASSES:
+        raise ValueError(f"config: unknown class {name!r}; expected one of {sorted(_CONFIG_CLASSES)}")
+    return _build(_CONFIG_CLASSES[name][0], {k: v for k, v in data.items() if k != "class"})
+
+
+def _build(cls, data: dict):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        kwargs[f.name] = _build(hint, value) if dataclasses.is_dataclass(hint) else value
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"config: unknown fields {unknown} for {cls.__name__}")
+    return cls(**kwargs)
+
+
+def save_flow_checkpoint(directory, config, params, *, overwrite: bool = False) -> pathlib.Path:
+    """Writes ``directory/config.json`` and ``directory/params`` (orbax). Returns the directory.
+
+    Raises:
+      FileExistsError: the directory exists and ``overwrite`` is False.
+    """
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(os.fspath(directory)).resolve()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"directory: {str(path)!r} exists; pass overwrite=True to replace it")
+    if type(config).__name__ not in _CONFIG_CLASSES:
+        raise TypeError(f"config: expected one of {sorted(_CONFIG_CLASSES)}, got {type(config).__name__}")
+    path.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path / PARAMS_DIR, params, force=overwrite)
+        ckptr.wait_until_finished()
+    (path / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    return path
+
+
+def load_flow_checkpoint(directory):
+    """Reads a checkpoint written by :func:`save_flow_checkpoint`: ``(config, params)`` with params restored
+    against the shapes the config implies (a mismatch raises)."""
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(os.fspath(directory)).resolve()
+    if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"directory: {str(path)!r} is not an fmjax flow checkpoint ({CONFIG_FILE}, {PARAMS_DIR}/)")
+    config = config_from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    module = _CONFIG_CLASSES[type(config).__name__][1](config)
+    target = flow_param_shapes(module)
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(path / PARAMS_DIR, target)
+    return config, params

@@ -1,0 +1,230 @@
+"""CosyVoice2's flow (``CausalMaskedDiffWithXvec``): speech tokens (25 Hz) + speaker embedding -> the conditions
+and the velocity of an 80-bin mel flow (50 Hz).
+
+Parts (SPEC §1; Flax names = torch names with dots as ``/``):
+
+==========================  ===============================================================================
+``input_embedding``         :class:`~fmjax.models.encoder.TokenEmbedding` (vocab -> ``encoder.input_size``)
+``spk_embed_affine_layer``  ``Linear(spk_embed_dim -> spk_dim)`` on the L2-normalised embedding (eps 1e-12)
+``encoder``                 :class:`~fmjax.models.encoder.UpsampleConformerEncoder` (tokens -> 2 frames each)
+``encoder_proj``            ``Linear(d -> mu_dim)``: ``mu``
+``decoder``                 :class:`~fmjax.models.causal_unet.CausalConditionalDecoder` (torch
+                            ``decoder.estimator``; the CFM wrapper itself has no parameters)
+==========================  ===============================================================================
+
+The module has several entry points (``speaker``, ``encode``, ``estimate``), like Flax's lm1b ``Transformer``
+(``encode``/``decode``), so it declares its parts in ``setup``; ``__call__`` runs all of them once (for
+``init``). Samplers, CFG and the loss see only closures built from ``estimate``; inference lives in
+:mod:`fmjax.token2mel` and :mod:`fmjax.token2mel_stream`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fmjax.cond import MelCond
+from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig
+from fmjax.models.encoder import EncoderConfig, TokenEmbedding, UpsampleConformerEncoder
+from fmjax.typing import Array, Float, Int
+
+SPEAKER_NORM_EPS = 1e-12  # F.normalize's default
+
+
+@dataclasses.dataclass(frozen=True)
+class Token2MelConfig:
+    """Sizes of :class:`CosyVoice2Flow` (defaults: CosyVoice2, 112,549,360 parameters).
+
+    Attributes:
+      vocab_size: speech-token vocabulary (6561).
+      spk_embed_dim: width of the input speaker embedding (192, CAM++ x-vectors).
+      encoder: the upsampling conformer; its ``static_chunk_size`` is the streaming chunk ``C`` in tokens and
+        its ``upsample_stride`` the token-to-mel ratio.
+      estimator: the causal U-Net; its ``chunk_size`` must be ``C · token_mel_ratio`` frames and its
+        ``num_left_chunks`` the encoder's.
+    """
+
+    vocab_size: int = 6561
+    spk_embed_dim: int = 192
+    encoder: EncoderConfig = EncoderConfig()
+    estimator: CausalUNetConfig = CausalUNetConfig()
+
+    def __post_init__(self):
+        for name in ("vocab_size", "spk_embed_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Token2MelConfig.{name}: expected a positive int, got {value!r}")
+        if not isinstance(self.encoder, EncoderConfig):
+            raise TypeError(f"Token2MelConfig.encoder: expected an EncoderConfig, got {type(self.encoder).__name__}")
+        if not isinstance(self.estimator, CausalUNetConfig):
+            raise TypeError(
+                f"Token2MelConfig.estimator: expected a CausalUNetConfig, got {type(self.estimator).__name__}"
+            )
+        enc, est = self.encoder, self.estimator
+        if est.chunk_size != enc.static_chunk_size * enc.upsample_stride:
+            raise ValueError(
+                f"Token2MelConfig.estimator.chunk_size: expected encoder.static_chunk_size · upsample_stride = "
+                f"{enc.static_chunk_size * enc.upsample_stride} frames, got {est.chunk_size}"
+            )
+        if est.num_left_chunks != enc.num_left_chunks:
+            raise ValueError(
+                f"Token2MelConfig.estimator.num_left_chunks: expected the encoder's {enc.num_left_chunks}, "
+                f"got {est.num_left_chunks}"
+            )
+        if est.mu_dim != est.mel_dim or est.cond_dim != est.mel_dim:
+            raise ValueError(
+                f"Token2MelConfig.estimator: mu_dim and cond_dim must equal mel_dim = {est.mel_dim}, "
+                f"got {est.mu_dim} and {est.cond_dim}"
+            )
+
+    @property
+    def chunk_size(self) -> int:
+        """``C``: tokens per streaming chunk (and per chunk of the chunk masks)."""
+        return self.encoder.static_chunk_size
+
+    @property
+    def token_mel_ratio(self) -> int:
+        """Mel frames per token (2)."""
+        return self.encoder.upsample_stride
+
+    @property
+    def pre_lookahead_len(self) -> int:
+        """Tokens of look-ahead after a chunk (3)."""
+        return self.encoder.pre_lookahead_len
+
+    @property
+    def num_left_chunks(self) -> int:
+        """Left chunks visible to a chunk; ``-1`` = all (CosyVoice2 HEAD)."""
+        return self.encoder.num_left_chunks
+
+    @property
+    def mel_dim(self) -> int:
+        return self.estimator.mel_dim
+
+    @property
+    def spk_dim(self) -> int:
+        """Width of the projected speaker vector (``MelCond.spks``)."""
+        return self.estimator.spk_dim
+
+
+def normalize_speaker(embedding: Float[Array, "b s"]) -> Float[Array, "b s"]:
+    """torch ``F.normalize(embedding, dim=1)``: ``x / max(‖x‖, 1e-12)``."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(embedding), axis=-1, keepdims=True))
+    return embedding / jnp.maximum(norm, SPEAKER_NORM_EPS)
+
+
+def check_speaker_embedding(embedding, batch: int | None, dim: int, name: str = "embedding") -> None:
+    """Raises ``ValueError``/``TypeError`` unless ``embedding`` is a float ``[batch, dim]`` array."""
+    shape = getattr(embedding, "shape", None)
+    if shape is None or len(shape) != 2 or shape[1] != dim or (batch is not None and shape[0] != batch):
+        expected = f"[{'b' if batch is None else batch}, {dim}]"
+        raise ValueError(f"{name}: expected a speaker embedding of shape {expected}, got {shape}")
+    if not jnp.issubdtype(embedding.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype, got {embedding.dtype}")
+
+
+class CosyVoice2Flow(nn.Module):
+    """CosyVoice2's token-to-mel flow (see the module docstring). Entry points, via ``apply(..., method=...)``:
+
+    * :meth:`speaker`: ``embedding [b, 192]`` -> ``spks [b, 80]``;
+    * :meth:`encode`: tokens -> ``mu`` (offline, or one streaming chunk with the encoder's cache);
+    * :meth:`estimate`: the estimator's velocity (offline, or one streaming chunk with its cache).
+    """
+
+    config: Token2MelConfig = Token2MelConfig()
+
+    def setup(self):
+        cfg = self.config
+        self.input_embedding = TokenEmbedding(cfg.vocab_size, cfg.encoder.input_size)
+        self.spk_embed_affine_layer = nn.Dense(cfg.spk_dim)
+        self.encoder = UpsampleConformerEncoder(cfg.encoder)
+        self.encoder_proj = nn.Dense(cfg.estimator.mu_dim)
+        self.decoder = CausalConditionalDecoder(cfg.estimator)
+
+    def __call__(
+        self, tokens: Int[Array, "b n"], embedding: Float[Array, "b s"], x: Float[Array, "b t m"], t
+    ) -> Float[Array, "b t m"]:
+        """Runs every part once (for ``init``): velocity at ``t`` of ``x [b, 2n, m]`` given the tokens, no prompt."""
+        mu, mask = self.encode(tokens)
+        spks = self.speaker(embedding)
+        v, _ = self.estimate(x, MelCond(mu, spks, jnp.zeros_like(mu), mask), t)
+        return v
+
+    def speaker(self, embedding: Float[Array, "b s"]) -> Float[Array, "b e"]:
+        """``spk_embed_affine_layer(F.normalize(embedding))``: ``[b, spk_embed_dim]`` -> ``[b, spk_dim]``."""
+        check_speaker_embedding(embedding, None, self.config.spk_embed_dim)
+        return self.spk_embed_affine_layer(normalize_speaker(embedding))  # [b, spk_dim]
+
+    def encode(
+        self,
+        tokens: Int[Array, "b n"],
+        mask=None,
+        *,
+        context: Int[Array, "b l"] | None = None,
+        context_lengths: Int[Array, "b"] | None = None,
+        chunk_masked: bool = False,
+        cache=None,
+        return_hidden: bool = False,
+    ):
+        """Tokens -> ``mu`` at the mel frame rate.
+
+        Args:
+          tokens: ``[b, n]`` int ids (streaming: one chunk of ``n <= C``).
+          mask: ``[b, n]`` 0/1 or ``[b]`` lengths of valid tokens; None = all valid. Ids at valid positions must
+            be in ``[0, vocab_size)`` (checked when concrete).
+          context: ``[b, l <= 3]`` ids of the look-ahead tokens after ``tokens`` (torch's ``context``); None = none
+            (zeros, torch's ``finalize``).
+          context_lengths: ``[b]`` valid look-ahead tokens per row (default all ``l``).
+          chunk_masked: offline only: chunk attention masks (torch ``streaming=True``).
+          cache: an :class:`~fmjax.models.encoder.EncoderCache` for one streaming step.
+          return_hidden: also return the encoder output before ``encoder_proj`` (torch ``encoder_out``).
+
+        Returns:
+          Offline ``(mu [b, r·n, m], mask [b, r·n])``; streaming ``(mu [b, r·C, m], new_cache)``; with
+          ``return_hidden`` a third element ``h [b, r·n, d]``. ``r`` = token_mel_ratio.
+        """
+        emb = self.input_embedding(tokens, mask)  # [b, n, e]
+        ctx = None
+        if context is not None:
+            ctx = self.input_embedding(context, context_lengths)  # [b, l, e]
+        h, state = self.encoder(
+            emb, mask, context=ctx, context_lengths=context_lengths, chunk_masked=chunk_masked, cache=cache
+        )  # [b, r·n, d]
+        mu = self.encoder_proj(h)  # [b, r·n, m]
+        return (mu, state, h) if return_hidden else (mu, state)
+
+    def estimate(self, x: Float[Array, "b t m"], cond: MelCond, t, cache=None, *, streaming: bool = False):
+        """The estimator: ``(v [b, t, m], aux)`` offline, ``(v_chunk, new_cache)`` streaming (see
+        :class:`~fmjax.models.causal_unet.CausalConditionalDecoder`)."""
+        return self.decoder(x, cond, t, cache, streaming=streaming)
+
+    @nn.nowrap
+    def init_encoder_cache(self, batch: int, window_tokens: int, dtype=jnp.float32):
+        """Empty encoder streaming state holding ``window_tokens`` tokens of K/V (shape-only)."""
+        return UpsampleConformerEncoder(self.config.encoder).init_cache(batch, window_tokens, dtype)
+
+    @nn.nowrap
+    def init_estimator_cache(self, batch: int, window_frames: int, dtype=jnp.float32):
+        """Empty estimator streaming state holding ``window_frames`` frames of K/V (shape-only)."""
+        return CausalConditionalDecoder(self.config.estimator).init_cache(batch, window_frames, dtype)
+
+
+def init_flow_params(model: nn.Module, key, *, tokens: int = 4) -> dict:
+    """Random parameters of a flow module (``model.init`` on a tiny dummy input)."""
+    cfg = model.config
+    r = cfg.token_mel_ratio
+    return model.init(
+        key,
+        jnp.zeros((1, tokens), jnp.int32),
+        jnp.ones((1, cfg.spk_embed_dim), jnp.float32),
+        jnp.zeros((1, r * tokens, cfg.mel_dim), jnp.float32),
+        jnp.full((1,), 0.5, jnp.float32),
+    )
+
+
+def flow_param_shapes(model: nn.Module, *, tokens: int = 4):
+    """``jax.eval_shape`` of :func:`init_flow_params` (no compilation)."""
+    return jax.eval_shape(lambda k: init_flow_params(model, k, tokens=tokens), jax.random.key(0))
