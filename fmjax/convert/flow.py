@@ -18,8 +18,9 @@ left-chunk count, and the estimator's attention head count. Every key is validat
 :class:`~fmjax.convert.common.StateDictError` names all missing, unexpected and mis-shaped keys of the flow and
 its estimator.
 
-An fmjax checkpoint is a directory: ``config.json`` (the config, with its class name) and ``params/`` (an orbax
-``StandardCheckpointer`` tree). Loading it needs neither torch nor the original files.
+An fmjax checkpoint (CosyVoice2's or CosyVoice3's flow) is a directory: ``config.json`` (the config, with its class
+name) and ``params/`` (an orbax ``StandardCheckpointer`` tree). Loading it needs neither torch nor the original
+files.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from fmjax.convert.causal_unet import FLOW_PREFIX, convert_causal_unet
 from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
 from fmjax.convert.encoder import encoder_config_from_state_dict, read_encoder_params, read_token_embedding
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, flow_param_shapes
+from fmjax.models.flow_cv3 import CosyVoice3Flow, CosyVoice3FlowConfig
 
 __all__ = ["convert_flow", "save_flow_checkpoint", "load_flow_checkpoint", "config_to_dict", "config_from_dict"]
 
@@ -118,12 +120,10 @@ def _linear(reader: StateDictReader, name: str, n_in: int, n_out: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-_CONFIG_CLASSES: dict[str, tuple[type, type]] = {"Token2MelConfig": (Token2MelConfig, CosyVoice2Flow)}
-
-
-def register_flow_config(config_cls: type, module_cls: type) -> None:
-    """Lets :func:`load_flow_checkpoint` rebuild another flow config class (e.g. CosyVoice3's)."""
-    _CONFIG_CLASSES[config_cls.__name__] = (config_cls, module_cls)
+_CONFIG_CLASSES: dict[str, tuple[type, type]] = {
+    "Token2MelConfig": (Token2MelConfig, CosyVoice2Flow),
+    "CosyVoice3FlowConfig": (CosyVoice3FlowConfig, CosyVoice3Flow),
+}
 
 
 def config_to_dict(config) -> dict:
