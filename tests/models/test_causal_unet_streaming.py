@@ -13,7 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_causal_unet import TINY, tiny_inputs, tiny_params  # noqa: E402
 
 from fmjax.cond import MelCond  # noqa: E402
-from fmjax.models.causal_unet import CausalConditionalDecoder  # noqa: E402
+from fmjax.models.causal_unet import CausalConditionalDecoder, split_mid_params  # noqa: E402
 
 
 def stream(model, params, x, cond, t, window, *, pad_last=True):
@@ -45,6 +45,17 @@ def test_causal_unet_streaming_equals_offline(chunk, left):
     window = -(-23 // chunk) * chunk if left < 0 else cfg.min_window()  # L = -1: the window holds the stream
     got, _, _ = stream(model, params, x, cond, t, window, pad_last=left != -1 or chunk != 10)  # padded inside once
     np.testing.assert_allclose(got, np.asarray(expected), rtol=0, atol=1e-5)
+
+
+def test_causal_unet_streaming_with_split_mid_params_is_identical():
+    model = CausalConditionalDecoder(TINY)
+    params = tiny_params()
+    split = split_mid_params(params)
+    assert set(split["params"]["mid"]) == {"0", "1"} and split_mid_params(split) is split
+    x, cond, t = tiny_inputs(t=8, lengths=(8, 6))
+    stacked_out, _, _ = stream(model, params, x, cond, t, 8)
+    split_out, _, _ = stream(model, split, x, cond, t, 8)
+    np.testing.assert_array_equal(split_out, stacked_out)
 
 
 def test_causal_unet_one_compilation_and_fixed_cache_size():
