@@ -311,7 +311,7 @@ class CausalConditionalDecoder(nn.Module):
         keys = cache.down.attn[0].keys
         if keys.shape[0] != b:
             raise ValueError(f"cache: built for batch {keys.shape[0]}, but x has batch {b}")
-        if (keys.shape[1], keys.shape[3]) != (cfg.num_heads, cfg.head_dim) or len(cache.down.attn) != cfg.n_blocks:
+        if keys.shape[2:] != (cfg.num_heads, cfg.head_dim) or len(cache.down.attn) != cfg.n_blocks:
             raise ValueError(f"cache: K/V shape {keys.shape} does not match the config {cfg}")
         return t
 

@@ -31,14 +31,14 @@ class KVCache(NamedTuple):
     """Fixed-window K/V ring buffer of one attention layer.
 
     Attributes:
-      keys: ``[b, h, w, k]`` (head-major, the layout the attention matmuls read without a transpose).
-      values: ``[b, h, w, k]``.
+      keys: ``[b, w, h, k]``.
+      values: ``[b, w, h, k]``.
       pos: ``[b, w]`` int32 absolute frame position held by each slot; ``-1`` = empty slot or padded frame.
       count: ``[]`` int32 frames written so far (absolute position of the next chunk's first frame).
     """
 
-    keys: Float[Array, "b h w k"]
-    values: Float[Array, "b h w k"]
+    keys: Float[Array, "b w h k"]
+    values: Float[Array, "b w h k"]
     pos: Int[Array, "b w"]
     count: Int[Array, ""]
 
@@ -47,7 +47,7 @@ def init_kv_cache(batch: int, window: int, heads: int, head_dim: int, dtype=jnp.
     """An empty ring buffer: zero keys/values, every slot at position ``-1``, ``count = 0``."""
     if window < 1:
         raise ValueError(f"window: expected >= 1 slot, got {window}")
-    shape = (batch, heads, window, head_dim)  # keys and values are distinct buffers (donation needs that)
+    shape = (batch, window, heads, head_dim)  # keys and values are distinct buffers (donation needs that)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, window), -1, jnp.int32),
                    jnp.zeros((), jnp.int32))
 
@@ -61,7 +61,7 @@ def kv_cache_write(
     c = k.shape[1]
     if c > w:
         raise ValueError(f"k: a chunk of {c} frames does not fit a window of {w} slots")
-    expected = (b, c, cache.keys.shape[1], cache.keys.shape[3])
+    expected = (b, c) + cache.keys.shape[2:]
     if k.shape != expected or v.shape != expected:
         raise ValueError(f"k, v: expected shape {expected} to match the cache, got {k.shape} and {v.shape}")
     if valid.shape != (b, c):
@@ -69,8 +69,8 @@ def kv_cache_write(
     positions = cache.count + jnp.arange(c, dtype=jnp.int32)  # [c]
     slots = positions % w  # [c]
     return KVCache(
-        keys=cache.keys.at[:, :, slots].set(jnp.swapaxes(k, 1, 2).astype(cache.keys.dtype)),  # in place when donated
-        values=cache.values.at[:, :, slots].set(jnp.swapaxes(v, 1, 2).astype(cache.values.dtype)),
+        keys=cache.keys.at[:, slots].set(k.astype(cache.keys.dtype)),  # in place when the cache is donated
+        values=cache.values.at[:, slots].set(v.astype(cache.values.dtype)),
         pos=cache.pos.at[:, slots].set(jnp.where(valid, positions[None, :], -1)),
         count=cache.count + c,
     )
@@ -197,8 +197,7 @@ def cached_attention(
     q_pos = cache.count + jnp.arange(q.shape[1], dtype=jnp.int32)  # [c]
     cache = kv_cache_write(cache, k, v, valid)
     mask = fill_empty_rows(chunk_visibility(q_pos[None, :], cache.pos, chunk_size, num_left_chunks))  # [b, c, w]
-    out = _attention_head_major(jnp.swapaxes(q, 1, 2), cache.keys, cache.values, mask[:, None], None, scale)
-    return jnp.swapaxes(out, 1, 2), cache  # [b, c, h, k]
+    return dot_product_attention(q, cache.keys, cache.values, mask=mask, scale=scale), cache
 
 
 class MultiHeadAttention(nn.Module):
