@@ -204,6 +204,8 @@ class CausalConditionalDecoder(nn.Module):
         h, down_conv_cache = CausalConv1d(cfg.channels, 3, name="down_conv")(masked(h), c.down_conv)
         down_conv = h
         if cache is None:  # one scan over the stacked params of the identical mid stages
+            if "0" in self.variables.get("params", {}).get("mid", {}):
+                raise ValueError("params: the offline forward needs the stacked mid params, not split_mid_params'")
             mid = nn.scan(
                 _Stage,
                 variable_axes={"params": 0},
@@ -311,7 +313,11 @@ class CausalConditionalDecoder(nn.Module):
         keys = cache.down.attn[0].keys
         if keys.shape[0] != b:
             raise ValueError(f"cache: built for batch {keys.shape[0]}, but x has batch {b}")
-        if keys.shape[2:] != (cfg.num_heads, cfg.head_dim) or len(cache.down.attn) != cfg.n_blocks:
+        if (
+            keys.shape[2:] != (cfg.num_heads, cfg.head_dim)
+            or len(cache.down.attn) != cfg.n_blocks
+            or len(cache.mid) != cfg.num_mid_blocks
+        ):
             raise ValueError(f"cache: K/V shape {keys.shape} does not match the config {cfg}")
         return t
 

@@ -56,6 +56,8 @@ def test_causal_unet_streaming_with_split_mid_params_is_identical():
     stacked_out, _, _ = stream(model, params, x, cond, t, 8)
     split_out, _, _ = stream(model, split, x, cond, t, 8)
     np.testing.assert_array_equal(split_out, stacked_out)
+    with pytest.raises(ValueError, match="stacked mid params"):
+        model.apply(split, x, cond, t)
 
 
 def test_causal_unet_one_compilation_and_fixed_cache_size():

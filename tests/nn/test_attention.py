@@ -26,8 +26,11 @@ def _qkv(t, s, key=0, h=3, d=8):
             jax.random.normal(ks[2], (2, s, h, d)))
 
 
-@pytest.mark.parametrize("t,s", [(7, 9), (600, 700)])  # the second runs in query blocks
-def test_dot_product_attention_matches_reference(t, s):
+@pytest.mark.parametrize("t,s,block_bytes", [(7, 9, None), (37, 41, 2**14)])  # the second: 3 query blocks
+def test_dot_product_attention_matches_reference(t, s, block_bytes, monkeypatch):
+    if block_bytes:
+        monkeypatch.setattr(A, "_BLOCK_BYTES", block_bytes)
+        assert A._query_block(2 * 3, t, s) == 16
     q, k, v = _qkv(t, s)
     mask = jax.random.bernoulli(jax.random.key(5), 0.6, (2, t, s)).at[:, :, 0].set(True)
     bias = jax.random.normal(jax.random.key(6), (2, t, s))
