@@ -48,8 +48,9 @@ def test_causal_unet_streaming_equals_offline(chunk, left):
 
 
 def test_causal_unet_streaming_with_split_mid_params_is_identical():
-    model = CausalConditionalDecoder(TINY)
-    params = tiny_params()
+    cfg = dataclasses.replace(TINY, n_blocks=1)
+    model = CausalConditionalDecoder(cfg)
+    params = tiny_params(cfg)
     split = split_mid_params(params)
     assert set(split["params"]["mid"]) == {"0", "1"} and split_mid_params(split) is split
     x, cond, t = tiny_inputs(t=8, lengths=(8, 6))
