@@ -204,8 +204,6 @@ class CausalConditionalDecoder(nn.Module):
         h, down_conv_cache = CausalConv1d(cfg.channels, 3, name="down_conv")(masked(h), c.down_conv)
         down_conv = h
         if cache is None:  # one scan over the stacked params of the identical mid stages
-            if "0" in self.variables.get("params", {}).get("mid", {}):
-                raise ValueError("params: the offline forward needs the stacked mid params, not split_mid_params'")
             mid = nn.scan(
                 _Stage,
                 variable_axes={"params": 0},
@@ -303,6 +301,8 @@ class CausalConditionalDecoder(nn.Module):
         if not isinstance(streaming, bool):
             raise TypeError(f"streaming: expected a Python bool (static), got {type(streaming).__name__}")
         if cache is None:
+            if "0" in self.variables.get("params", {}).get("mid", {}):
+                raise ValueError("params: the offline forward needs the stacked mid params, not split_mid_params'")
             return t
         if streaming:
             raise ValueError("streaming: a streaming step (cache given) is always chunk-masked; leave it False")
