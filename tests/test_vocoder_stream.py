@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fmjax.convert.hift import convert_hift
-from fmjax.models.hift import hift_inference
+from fmjax.models.hift import HiFTConfig, hift_inference, init_hift
 from fmjax.vocoder_stream import init_vocoder_cache, vocode_stream, vocoder_finalize, vocoder_step
 
 T, CHUNKS, N = 100, [40, 40], 8  # frames, non-final chunk sizes, mel cache frames
@@ -43,14 +43,31 @@ def _stream(cfg, params, mel, key, **kw):
     return pieces, np.concatenate([np.asarray(p) for p in pieces], axis=1)
 
 
-def test_vocoder_stream_reproduces_cosyvoice2_procedure(setup):
+def _tiny(params_seed=0):
+    """A tiny HiFT (one resblock kernel, one dilation, 2 f0 convs) with random weights and a voiced f0 (the
+    classifier scaled up): compiles fast, for schedules that need many window shapes."""
+    cfg = HiFTConfig(base_channels=16, f0_channels=16, f0_num_convs=2, resblock_kernel_sizes=(3,),
+                     resblock_dilations=((1,),), source_resblock_kernel_sizes=(3, 3, 3),
+                     source_resblock_dilations=((1,),) * 3)
+    params = init_hift(cfg, seed=params_seed)
+    params["params"]["f0_predictor"]["classifier"]["kernel"] *= 500.0  # f0 of tens to hundreds of Hz
+    return cfg, params
+
+
+@pytest.mark.parametrize("model,sizes", [("fixture", [40, 40, 20]), ("tiny", [8, 1, 3, 2])])  # last: final chunk
+def test_vocoder_stream_reproduces_cosyvoice2_procedure(setup, model, sizes):
     """Step by step as CosyVoice2Model.token2wav: window = [cached 8 mel frames, chunk], cache_source, Hamming fade
     (float64, as numpy does it there), withhold 3840 samples; the final call emits everything."""
     cfg, params, mel, key, _, _ = setup
-    pieces, streamed = _stream(cfg, params, mel, key)
+    if model == "tiny":
+        cfg, params = _tiny()
+    mel = mel[:, : sum(sizes)]
+    pieces = vocode_stream(cfg, params, mel, sizes[:-1], key)
+    streamed = np.concatenate([np.asarray(p) for p in pieces], axis=1)
     win = np.hamming(2 * N * UP)
     cache, out, pos = None, [], 0
-    for size, final in [(40, False), (40, False), (20, True)]:
+    for i, size in enumerate(sizes):
+        final = i == len(sizes) - 1
         chunk = mel[:, pos : pos + size]
         window = chunk if cache is None else jnp.concatenate([cache["mel"], chunk], axis=1)
         start = pos if cache is None else pos - N
@@ -63,7 +80,8 @@ def test_vocoder_stream_reproduces_cosyvoice2_procedure(setup):
         cache = {"mel": window[:, -N:], "source": source[:, -N * UP :], "speech": speech[:, -N * UP :]}
         out.append(speech if final else speech[:, : -N * UP])
         pos += size
-    assert [p.shape[1] for p in pieces] == [o.shape[1] for o in out] == [40 * UP - N * UP, 40 * UP, 20 * UP + N * UP]
+    assert [p.shape[1] for p in pieces] == [o.shape[1] for o in out]
+    assert streamed.shape[1] == sum(sizes) * UP  # no sample lost or duplicated
     np.testing.assert_allclose(streamed, np.concatenate(out, axis=1), atol=1e-5, rtol=0)
 
 
