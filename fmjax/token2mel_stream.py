@@ -305,9 +305,18 @@ class Token2MelStream:
 # ----------------------------------------------------------------------------------------------- the step
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _advance(stream: Token2MelStream, params, rows, grid, noise, tokens, n, mel, ahead, n_ahead, final):
-    """The one compiled step: per row (``vmap``), append the input to the FIFO and compute every ready chunk."""
+    """The one compiled step: per row (``vmap``), append the input to the FIFO and compute every ready chunk.
+
+    A single stream skips the ``vmap``: a batched ``while_loop`` selects between the old and new carry of every
+    row after each iteration (a pass over all caches), which one row does not need."""
     row_step = functools.partial(_row_step, stream, params, grid, noise)
-    new_rows, mel_out, n_out = jax.vmap(row_step)(rows, tokens, n, mel, ahead, n_ahead, final)
+    args = (rows, tokens, n, mel, ahead, n_ahead, final)
+    if tokens.shape[0] == 1:
+        new_rows, mel_out, n_out = jax.tree_util.tree_map(
+            lambda a: a[None], row_step(*jax.tree_util.tree_map(lambda a: a[0], args))
+        )
+    else:
+        new_rows, mel_out, n_out = jax.vmap(row_step)(*args)
     return new_rows, StreamOutput(mel_out, n_out)
 
 
