@@ -139,6 +139,12 @@ class Token2MelStream:
             raise ValueError(f"n_steps: expected an int >= 1, got {self.n_steps!r}")
         get_solver(self.solver)
 
+    def prepare_params(self, params) -> dict:
+        """The flow's params laid out for streaming (e.g. the U-Net's mid stages split per stage, read in place
+        by every evaluation); :meth:`init` and :meth:`step` give the same results with either form, but use
+        one form for a whole stream (each form compiles the step once)."""
+        return self.model.streaming_params(params)
+
     # ------------------------------------------------------------------------------------------ sizes
     @property
     def fifo_tokens(self) -> int:
@@ -191,7 +197,7 @@ class Token2MelStream:
         """Starts ``b`` streams: projects the speaker embeddings and computes every prompt chunk it can.
 
         Args:
-          params: the flow's params.
+          params: the flow's params (faster: :meth:`prepare_params` of them).
           embedding: ``[b, spk_embed_dim]`` speaker embeddings.
           prompt_tokens: ``[b, p]`` prompt ids (None = no prompt); ``prompt_lengths [b]`` valid ones per row.
           prompt_mel: ``[b, r·p, m]`` the prompt's mel.

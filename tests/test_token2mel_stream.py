@@ -69,7 +69,7 @@ def test_stream_equals_offline_chunk_masked(chunk, prompts, total):
                         prompt_lengths=plens, streaming=True, n_steps=STEPS)
     window = -(-total // chunk) * chunk  # all left chunks: the stream (last chunk padded to C) fits the window
     stream = Token2MelStream(model, window_tokens=window, n_steps=STEPS)
-    streamed, state = stream_all(stream, params, tokens, lengths, emb, prompt, pmel, plens)
+    streamed, state = stream_all(stream, stream.prepare_params(params), tokens, lengths, emb, prompt, pmel, plens)
     _assert_rows_equal(streamed, offline, lengths, f"C={chunk}")
     np.testing.assert_array_equal(state.received, total)
 
@@ -103,10 +103,11 @@ def test_stream_emits_after_prompt_and_waits_for_lookahead():
     model, params = tiny_flow(chunk=2)
     tokens, emb, prompt, pmel = _data(3, 1, 9, 5)
     stream = Token2MelStream(model, window_tokens=14, n_steps=STEPS)
-    state = stream.init(params, emb, prompt, pmel)
+    split = stream.prepare_params(params)  # mid stages split per stage (the 40-chunk test streams raw params)
+    state = stream.init(split, emb, prompt, pmel)
     counts, frames = [], []
     for start in (0, 2, 4, 6, 8):
-        state, out = stream.step(params, state, tokens[:, start : start + 2], tokens[:, start + 2 : start + 5],
+        state, out = stream.step(split, state, tokens[:, start : start + 2], tokens[:, start + 2 : start + 5],
                                  final=start == 8)
         counts.append(int(out.lengths[0]))
         frames.append(np.asarray(out.mel[0, : counts[-1]]))

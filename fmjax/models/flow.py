@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from fmjax.cond import MelCond
-from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig
+from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig, split_mid_params
 from fmjax.models.encoder import EncoderConfig, TokenEmbedding, UpsampleConformerEncoder
 from fmjax.typing import Array, Float, Int
 
@@ -210,6 +210,16 @@ class CosyVoice2Flow(nn.Module):
     def init_estimator_cache(self, batch: int, window_frames: int, dtype=jnp.float32):
         """Empty estimator streaming state holding ``window_frames`` frames of K/V (shape-only)."""
         return CausalConditionalDecoder(self.config.estimator).init_cache(batch, window_frames, dtype)
+
+    @nn.nowrap
+    def streaming_params(self, variables: dict) -> dict:
+        """``variables`` with the estimator's stacked mid stages split per stage
+        (:func:`~fmjax.models.causal_unet.split_mid_params`): the streaming step then reads each stage's weights in
+        place instead of slicing them out of the stack at every evaluation. Same results; offline needs the
+        stacked form."""
+        params = dict(variables["params"])
+        params["decoder"] = split_mid_params({"params": params["decoder"]})["params"]
+        return {**variables, "params": params}
 
 
 def init_flow_params(model: nn.Module, key, *, tokens: int = 4) -> dict:

@@ -176,6 +176,11 @@ class CosyVoice3Flow(nn.Module):
         """Empty DiT streaming state holding ``window_frames`` frames of K/V."""
         return DiT(self.config.estimator).init_cache(batch, window_frames, dtype)
 
+    @nn.nowrap
+    def streaming_params(self, variables: dict) -> dict:
+        """The params for the streaming step: unchanged (the DiT scans its stacked blocks in both modes)."""
+        return variables
+
 
 def _valid_tokens(mask, b: int, n: int):
     """``[b, n]`` bool from None (all valid), ``[b]`` lengths or a ``[b, n]`` 0/1 mask."""
