@@ -108,11 +108,15 @@ def _window(config, params, cache, chunk, source_chunk, first, final):
     return (wav if final else wav[:, : wav.shape[1] - samples]), new
 
 
-def _check(config, cache, mel_chunk, source_chunk, name):
+def _check_cache(cache):
     if not isinstance(cache, VocoderCache):
         raise TypeError(f"cache: expected a VocoderCache from init_vocoder_cache, got {type(cache).__name__}")
     if bool(cache.finalized):
         raise ValueError("cache: this stream was already finalized; start a new one with init_vocoder_cache")
+
+
+def _check(config, cache, mel_chunk, source_chunk, name):
+    _check_cache(cache)
     if getattr(mel_chunk, "ndim", None) == 3 and mel_chunk.shape[1] == 0:
         raise ValueError(f"{name}: empty chunk; expected [b, c >= 1, {config.in_channels}], got {tuple(mel_chunk.shape)}")
     check_mel(mel_chunk, config, name)
@@ -160,10 +164,7 @@ def vocoder_finalize(
     """Vocodes the last chunk (if any) and emits everything left: ``[b, N]`` with ``N = 480·c + S``
     (``480·c`` if the stream had not started; ``S``, the withheld tail, without a last chunk)."""
     if mel_chunk is None:
-        if not isinstance(cache, VocoderCache):
-            raise TypeError(f"cache: expected a VocoderCache from init_vocoder_cache, got {type(cache).__name__}")
-        if bool(cache.finalized):
-            raise ValueError("cache: this stream was already finalized; start a new one with init_vocoder_cache")
+        _check_cache(cache)
         tail = cache.speech if bool(cache.started) else cache.speech[:, :0]
         return tail, cache._replace(finalized=jnp.ones((), bool))
     _check(config, cache, mel_chunk, source_chunk, "mel_chunk")
