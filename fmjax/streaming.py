@@ -74,12 +74,16 @@ def sample_chunk(
                 f"got {leaf.shape[:2]}"
             )
 
-    def body(x, inputs):
-        t, dt, cache_s = inputs
-        x, cache_s = rk_step_cached(solver, velocity, t, dt, x, cond_chunk, cache_s)
-        return x.astype(x0_chunk.dtype), cache_s
+    def body(s, carry):
+        # The stacked caches ride in the loop carry: step s reads slice s and writes it back in place. (As scan
+        # xs/ys they would be copied in and out and held twice: at full size that doubles the chunk time.)
+        x, caches = carry
+        cache_s = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, s, 0, keepdims=False), caches)
+        x, cache_s = rk_step_cached(solver, velocity, grid[s], grid[s + 1] - grid[s], x, cond_chunk, cache_s)
+        caches = jax.tree_util.tree_map(lambda a, u: jax.lax.dynamic_update_index_in_dim(a, u, s, 0), caches, cache_s)
+        return x.astype(x0_chunk.dtype), caches
 
-    return jax.lax.scan(body, x0_chunk, (grid[:-1], grid[1:] - grid[:-1], caches))
+    return jax.lax.fori_loop(0, n, body, (x0_chunk, caches))
 
 
 def take_frames(noise: Float[Array, "T ..."], start: Int[Array, ""], length: int) -> Float[Array, "c ..."]:
