@@ -126,7 +126,8 @@ def test_encode_checks_token_ids():
     model, params = tiny_flow()
     with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 50\)"):
         model.apply(params, jnp.array([[1, 50]]), method="encode")
-    mu, mask = model.apply(params, jnp.array([[1, 2, 99]]), jnp.array([2]), method="encode")  # padding: any id
+    encode = jax.jit(lambda p, tokens, n: model.apply(p, tokens, n, method="encode"))
+    mu, mask = encode(params, jnp.array([[1, 2, 99]]), jnp.array([2]))  # padded positions may hold any id
     assert mu.shape == (1, 6, 80) and np.asarray(mask).tolist() == [[1, 1, 1, 1, 0, 0]]
 
 
