@@ -4,9 +4,9 @@ A stream is the sequence ``[prompt tokens | new tokens]`` of one row, cut into *
 (token ``j`` is in chunk ``j // C``), exactly the chunks of the offline chunk masks (CosyVoice2 aligns them the
 same way with ``prompt_token_pad``). Chunk ``k`` is computed once: the encoder turns its tokens (plus the next
 ``L = 3`` look-ahead tokens) into ``mu`` for frames ``[r·k·C, r·(k+1)·C)`` continuing the encoder's caches, and
-the whole ODE runs for those frames (as :func:`fmjax.streaming.sample_chunk`, one estimator cache per ODE step,
-updated in place; CFG by batch doubling) from CosyVoice's fixed noise at the same absolute frames. The prompt mel is the
-``prompt`` condition of the prompt's frames; frames of prompt tokens are never emitted.
+the whole ODE runs for those frames (as :func:`fmjax.streaming.sample_chunk`: one estimator cache per ODE step,
+updated in place; CFG by batch doubling) from CosyVoice's fixed noise at the same absolute frames. The prompt mel
+is the ``prompt`` condition of the prompt's frames; frames of prompt tokens are never emitted.
 
 **Prompt alignment.** Tokens arrive in a per-row FIFO. A chunk is computed as soon as its ``C`` tokens and its
 ``L`` look-ahead tokens are known (at a final step: as soon as it holds any token). :meth:`Token2MelStream.init`
@@ -19,10 +19,11 @@ preceded by the last whole prompt chunk when ``q < L``; the last ``q`` new token
 stream emits ``r·(C − q)`` frames first and ``r·C`` per step after that, with no extra latency, and the same
 compiled step serves all of it: the number of chunks per call is a ``lax.while_loop`` count.
 
-**Batches.** Rows are independent streams (``jax.vmap`` over per-row states, each with its own positions), fed in
-lockstep: each call gives every row up to ``C`` tokens (``lengths``), its next ``L`` look-ahead tokens
-(``lookahead_lengths``; fewer only at the end of the known tokens), and a per-row ``final`` flag. A final step
-computes the row's remaining chunks without look-ahead (torch's ``finalize``); afterwards the row is ended.
+**Batches.** Rows are independent streams (``jax.vmap`` over per-row states, each with its own positions; a single
+stream skips the ``vmap``), fed in lockstep: each call gives every row up to ``C`` tokens (``lengths``), its next
+``L`` look-ahead tokens (``lookahead_lengths``; fewer only at the end of the known tokens), and a per-row ``final``
+flag. A final step computes the row's remaining chunks without look-ahead (torch's ``finalize``); afterwards the
+row is ended. A step whose look-ahead is short computes nothing new for that row (its tokens wait in the FIFO).
 
 **State size.** Per row: the FIFO (``2C + L`` tokens and their prompt mel), the encoder caches (K/V rings of
 ``window_tokens`` tokens) and ``n_steps × stages`` estimator caches (rings of ``r·window_tokens`` frames, CFG rows
@@ -267,7 +268,8 @@ class Token2MelStream:
             and the row ends (later steps must give it no tokens).
 
         Returns:
-          ``(state, StreamOutput(mel [b, r·(2C + L), m], lengths [b]))``.
+          ``(state, StreamOutput(mel [b, r·(2C + L), m], lengths [b]))``. The given ``state`` is consumed: its
+          device buffers are donated to the new one (the caches are updated in place).
         """
         cfg = self.model.config
         c, r, la = cfg.chunk_size, cfg.token_mel_ratio, cfg.pre_lookahead_len
