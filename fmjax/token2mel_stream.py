@@ -162,7 +162,7 @@ class Token2MelStream:
         """Bytes of the per-row stream state (:class:`StreamRows`) for ``batch`` rows; constant over a stream."""
         return cache_nbytes(jax.eval_shape(lambda: self._empty_rows(batch)))
 
-    def _empty_rows(self, b: int, spks=None) -> StreamRows:
+    def _empty_rows(self, b: int) -> StreamRows:
         cfg, model = self.model.config, self.model
         q, r = self.fifo_tokens, cfg.token_mel_ratio
         enc = model.init_encoder_cache(1, self.window_tokens)
@@ -177,7 +177,7 @@ class Token2MelStream:
             held=jnp.zeros((b,), jnp.int32),
             done=jnp.zeros((b,), jnp.int32),
             prompt_len=jnp.zeros((b,), jnp.int32),
-            spks=jnp.zeros((b, cfg.spk_dim), jnp.float32) if spks is None else spks,
+            spks=jnp.zeros((b, cfg.spk_dim), jnp.float32),
             encoder=rows[0],
             estimator=rows[1],
         )
@@ -236,7 +236,7 @@ class Token2MelStream:
         if len(np.shape(noise)) != 2 or np.shape(noise)[1] != m:
             raise ValueError(f"noise: expected a [T, {m}] table, got {np.shape(noise)}")
         spks = self.model.apply(params, jnp.asarray(embedding, jnp.float32), method="speaker")
-        rows = self._empty_rows(b, spks)._replace(prompt_len=jnp.asarray(lengths, jnp.int32))
+        rows = _empty_rows(self, b)._replace(spks=spks, prompt_len=jnp.asarray(lengths, jnp.int32))
         state = StreamState(rows, grid, jnp.asarray(noise, jnp.float32), np.zeros((b,), np.int64),
                             np.zeros((b,), bool))
         # Push the prompt through the same step, C tokens at a time, with the prompt tokens after each piece
@@ -311,6 +311,13 @@ class Token2MelStream:
 
 
 # ----------------------------------------------------------------------------------------------- the step
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _empty_rows(stream: Token2MelStream, b: int) -> StreamRows:
+    """A fresh state, built in one compiled pass (eagerly, each cache would be broadcast, then copied)."""
+    return stream._empty_rows(b)
+
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _advance(stream: Token2MelStream, params, rows, grid, noise, tokens, n, mel, ahead, n_ahead, final):
     """The one compiled step: per row (``vmap``), append the input to the FIFO and compute every ready chunk.
