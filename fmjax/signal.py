@@ -69,6 +69,15 @@ def overlap_add(frames: Float[Array, "... f n"], hop: int) -> Float[Array, "... 
     return out.at[..., idx].add(frames.reshape(*lead, n_frames * n))
 
 
+def _envelope(window: np.ndarray, n_frames: int, hop: int) -> np.ndarray:
+    """Overlap-added squared window ``[n + hop·(f − 1)]`` (numpy)."""
+    n = window.shape[0]
+    env = np.zeros(n + hop * (n_frames - 1), np.float64)
+    for i in range(n_frames):
+        env[i * hop : i * hop + n] += window.astype(np.float64) ** 2
+    return env.astype(np.float32)
+
+
 def stft(
     x: Float[Array, "... L"],
     n_fft: int,
@@ -117,7 +126,7 @@ def istft(
     n_frames = spec.shape[-2]
     frames = jnp.fft.irfft(spec, n=n_fft, axis=-1) * window  # [..., f, n]
     y = overlap_add(frames, hop)
-    env = np.asarray(overlap_add(np.broadcast_to(window**2, (n_frames, n_fft)), hop))
+    env = _envelope(window, n_frames, hop)  # numpy: a constant of the trace, so istft jits
     start = n_fft // 2 if center else 0
     end = y.shape[-1] - (n_fft // 2 if center else 0)
     if length is not None:

@@ -1,5 +1,6 @@
 """STFT / iSTFT against torch semantics (torch optional) and round trips."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ def test_stft_istft_round_trip(n_fft, hop, length):
     assert spec.shape == (2, length // hop + 1, n_fft // 2 + 1)
     y = signal.istft(spec, n_fft, hop, length=length)
     np.testing.assert_allclose(np.asarray(y), x, atol=1e-5)  # fp32 FFT round trip
+    y_jit = jax.jit(lambda s: signal.istft(s, n_fft, hop, length=length))(spec)
+    np.testing.assert_allclose(np.asarray(y_jit), np.asarray(y), atol=1e-6)  # jit == eager
 
 
 @pytest.mark.torch
