@@ -333,7 +333,9 @@ def flow_loss(
     b, u = jnp.shape(tokens)
     expected = (b, cfg.token_mel_ratio * u, cfg.mel_dim)
     if tuple(jnp.shape(mel)) != expected:
-        raise ValueError(f"batch.mel: expected shape {expected} ({cfg.token_mel_ratio} frames per token), got {jnp.shape(mel)}")
+        raise ValueError(
+            f"batch.mel: expected shape {expected} ({cfg.token_mel_ratio} frames per token), got {jnp.shape(mel)}"
+        )
     if jnp.shape(token_len) != (b,):
         raise ValueError(f"batch.token_len: expected shape [{b}], got {jnp.shape(token_len)}")
     check_speaker_embedding(spk, b, cfg.spk_embed_dim, "batch.spk")

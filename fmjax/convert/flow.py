@@ -183,7 +183,9 @@ def load_flow_checkpoint(directory):
 
     path = pathlib.Path(os.fspath(directory)).resolve()
     if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
-        raise FileNotFoundError(f"directory: {str(path)!r} is not an fmjax flow checkpoint ({CONFIG_FILE}, {PARAMS_DIR}/)")
+        raise FileNotFoundError(
+            f"directory: {str(path)!r} is not an fmjax flow checkpoint ({CONFIG_FILE}, {PARAMS_DIR}/)"
+        )
     config = config_from_dict(json.loads((path / CONFIG_FILE).read_text()))
     module = _CONFIG_CLASSES[type(config).__name__][1](config)
     target = flow_param_shapes(module)

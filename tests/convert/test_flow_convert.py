@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from fmjax.convert.common import StateDictError, count_parameters
-from fmjax.convert.flow import config_from_dict, config_to_dict, convert_flow, load_flow_checkpoint, save_flow_checkpoint
+from fmjax.convert.flow import (
+    config_from_dict, config_to_dict, convert_flow, load_flow_checkpoint, save_flow_checkpoint,
+)
 from fmjax.models.causal_unet import CausalUNetConfig
 from fmjax.models.encoder import EncoderConfig
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, flow_param_shapes
@@ -107,7 +109,7 @@ def test_convert_names_every_bad_key():
                  "decoder.rand_noise", "extra"):
         assert name in msg, f"{name!r} not named in:\n{msg}"
     assert "missing keys" in msg and "unexpected keys" in msg and "mis-shaped keys" in msg
-    assert f"(keys under decoder.estimator.)" in msg
+    assert "(keys under decoder.estimator.)" in msg
 
 
 def test_convert_without_estimator_or_encoder_keys():
