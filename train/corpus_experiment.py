@@ -1,0 +1,277 @@
+"""What the corpus experiments (``matcha_decoder``, ``token2mel``) share: data, validation, generation metrics, samples.
+
+An experiment here trains a token-conditioned mel flow on the shipped speech corpus (:mod:`fmjax.data.corpus`).
+Its model is a Flax module with the flow interface that :func:`fmjax.token2mel.token2mel` drives (a config with
+``vocab_size``, ``spk_embed_dim``, ``mel_dim`` and ``token_mel_ratio``; the methods ``speaker``, ``encode`` and
+``estimate``), so both experiments generate through the same library code. This module supplies:
+
+* **training batches**: length-bucketed (:class:`fmjax.data.batching.BucketedBatches`), a dict of numpy arrays
+  ``mel [b, T, m]``, ``mel_mask [b, T]``, ``tokens [b, T/2]``, ``token_len [b]``, ``spk [b, 192]``, ``row_mask [b]``;
+* **validation batches**: every validation utterance once, all padded to the largest bucket (or the longest
+  validation utterance rounded up to 8 tokens, if longer): one compilation of the validation step; rows that only fill a batch repeat a real row with ``row_mask`` 0, so no
+  row is ever empty. The trainer turns them into the validation CFM loss per flow-time bin;
+* **generation metrics** (:meth:`CorpusExperiment.evaluate`): the first ``data.eval_sentences`` validation
+  sentences (taken round-robin over the speakers) are generated from their tokens, their speaker's embedding and a
+  prompt -- the shortest *training* utterance of the same speaker, its tokens and mel -- with the CosyVoice sampler
+  defaults (cosine grid, Euler, 10 steps, CFG 0.7, CosyVoice's fixed noise), in one jitted batch. Logged:
+  ``val_mel_l1`` and ``val_mcd`` (:mod:`fmjax.metrics`, means over the sentences) against the ground truth, the
+  same for the **speaker-mean baseline** (the mean log-mel frame of the speaker's training frames, repeated over
+  the utterance), and ``val_l1_ratio`` = model / baseline mel L1 (below 1 = better than the baseline);
+* **samples** (:meth:`CorpusExperiment.write_samples`): ``samples/step_NNNNNN.png`` (ground truth vs generated
+  mel of validation sentence ``data.sample_sentence``), ``samples/step_NNNNNN.wav`` (the generated mel through
+  Griffin-Lim, 24 kHz) and, once, ``samples/reference_<id>.wav`` (the ground-truth mel through the same
+  Griffin-Lim, to tell vocoder artefacts from model errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmjax.data.batching import BucketedBatches, collate
+from fmjax.data.corpus import load_corpus
+from fmjax.metrics import mel_cepstral_distortion, mel_l1
+from fmjax.timesteps import time_grid
+from fmjax.token2mel import token2mel
+from train.experiment import Experiment
+
+__all__ = ["CorpusData", "CorpusExperiment", "speaker_means", "speaker_mean_baseline", "eval_pairs", "BATCH_KEYS"]
+
+BATCH_KEYS = ("mel", "mel_mask", "tokens", "token_len", "spk", "row_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusData:
+    """Corpus, batching and evaluation settings.
+
+    Attributes:
+      corpus: a corpus directory (``python -m fmjax.data.prepare`` makes one); "" = the shipped ``data/corpus``.
+      buckets: increasing token lengths of the training batches (frames = 2 x tokens): one train-step
+        compilation each. Utterances longer than the last are dropped (logged); the shipped corpus's longest
+        has 87 tokens.
+      eval_sentences: validation sentences generated for ``val_mel_l1``/``val_mcd`` (round-robin over speakers).
+      ode_steps, grid, solver, cfg_weight: the sampler (CosyVoice's defaults: 10, cosine, Euler, 0.7).
+      sample_sentence: which of the generated sentences goes into the sample PNG and wav.
+      griffin_lim_iters: Griffin-Lim iterations for the sample wavs.
+    """
+
+    corpus: str = ""
+    buckets: tuple[int, ...] = (48, 64, 88)
+    eval_sentences: int = 8
+    ode_steps: int = 10
+    grid: str = "cosine"
+    solver: str = "euler"
+    cfg_weight: float = 0.7
+    sample_sentence: int = 0
+    griffin_lim_iters: int = 32
+
+    def __post_init__(self):
+        buckets = tuple(self.buckets)
+        if not buckets or any(not isinstance(b, int) or b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"data.buckets: expected strictly increasing positive token lengths, got {self.buckets!r}")
+        for name in ("eval_sentences", "ode_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}: expected an int >= 1, got {getattr(self, name)!r}")
+        if not 0 <= self.sample_sentence < self.eval_sentences:
+            raise ValueError(f"data.sample_sentence: expected an index in [0, data.eval_sentences = "
+                             f"{self.eval_sentences}), got {self.sample_sentence!r}")
+        if self.griffin_lim_iters < 0:
+            raise ValueError(f"data.griffin_lim_iters: expected an int >= 0, got {self.griffin_lim_iters!r}")
+        if self.cfg_weight < 0:
+            raise ValueError(f"data.cfg_weight: expected a guidance weight >= 0, got {self.cfg_weight!r}")
+        try:
+            time_grid(self.grid, self.ode_steps)
+        except ValueError as e:
+            raise ValueError(f"data.grid: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+
+def speaker_means(utterances, n_speakers: int) -> np.ndarray:
+    """``[S, m]`` float32: the mean log-mel frame of each speaker over all of its utterances' frames (zeros for a
+    speaker without frames)."""
+    if not utterances:
+        raise ValueError("utterances: expected at least one utterance, got none")
+    m = utterances[0].mel.shape[1]
+    sums, counts = np.zeros((n_speakers, m), np.float64), np.zeros((n_speakers,), np.int64)
+    for u in utterances:
+        if not 0 <= u.speaker_index < n_speakers:
+            raise ValueError(f"utterances: {u.id!r} has speaker index {u.speaker_index}, expected [0, {n_speakers})")
+        sums[u.speaker_index] += u.mel.sum(axis=0)
+        counts[u.speaker_index] += u.mel.shape[0]
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
+def speaker_mean_baseline(means: np.ndarray, speaker: np.ndarray, frames: int) -> np.ndarray:
+    """The trivial prediction ``[b, frames, m]``: each row's speaker mean ``means[speaker[i]]`` on every frame."""
+    rows = np.asarray(means)[np.asarray(speaker)]  # [b, m]
+    return np.repeat(rows[:, None, :], frames, axis=1)  # [b, frames, m]
+
+
+def eval_pairs(corpus, k: int) -> list[tuple]:
+    """``k`` validation utterances, round-robin over the speakers (first utterance of each speaker, then the
+    second, ...), each paired with its prompt: the shortest training utterance of the same speaker."""
+    by_speaker: dict[int, list] = {}
+    for u in corpus.valid:
+        by_speaker.setdefault(u.speaker_index, []).append(u)
+    order = sorted(((i, s) for s, us in by_speaker.items() for i in range(len(us))))
+    targets = [by_speaker[s][i] for i, s in order]
+    if k > len(targets):
+        raise ValueError(f"data.eval_sentences: expected at most the {len(targets)} validation utterances, got {k}")
+    prompts = {}
+    for u in corpus.train:
+        best = prompts.get(u.speaker_index)
+        if best is None or u.tokens.shape[0] < best.tokens.shape[0]:
+            prompts[u.speaker_index] = u
+    missing = sorted({corpus.speakers[u.speaker_index] for u in targets[:k]} - {corpus.speakers[s] for s in prompts})
+    if missing:
+        raise ValueError(f"corpus: speakers {missing} have validation but no training utterances (no prompt)")
+    return [(u, prompts[u.speaker_index]) for u in targets[:k]]
+
+
+@jax.jit
+def _scores(mel, truth, base, mask):
+    """Mean mel L1 and MCD over the sentences of the generated mels and of the baseline (one compilation)."""
+    return (jnp.mean(mel_l1(mel, truth, mask)), jnp.mean(mel_l1(base, truth, mask)),
+            jnp.mean(mel_cepstral_distortion(mel, truth, mask)), jnp.mean(mel_cepstral_distortion(base, truth, mask)))
+
+
+def _padded(arrays, width: int, dtype) -> np.ndarray:
+    """Stacks ``[n_i, ...]`` arrays into ``[len, width, ...]`` with zeros after each."""
+    out = np.zeros((len(arrays), width) + arrays[0].shape[1:], dtype)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- experiment
+
+
+class CorpusExperiment(Experiment):
+    """A corpus experiment; subclasses set :attr:`model` (a flow-interface module) in ``__init__`` after calling
+    ``super().__init__`` and implement ``init_params`` and ``loss_fn``.
+
+    Attributes:
+      corpus: the loaded :class:`fmjax.data.corpus.Corpus`.
+      model: the Flax module (set by the subclass).
+    """
+
+    model = None
+
+    def __init__(self, config):
+        super().__init__(config)
+        dc, tc = config.data, config.train
+        try:
+            self.corpus = load_corpus(dc.corpus or None)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"data.corpus: {e}") from e
+        self._train = BucketedBatches(self.corpus.train, tc.batch_size, dc.buckets, tc.seed)
+        self._pairs = eval_pairs(self.corpus, dc.eval_sentences)
+        self._means = speaker_means(self.corpus.train, len(self.corpus.speakers))
+        self._generated = None  # (step, generated mels) shared by evaluate and write_samples
+
+    def check_model_config(self, vocab_size: int, spk_embed_dim: int) -> None:
+        """Raises ``ValueError`` unless the model's vocabulary and speaker width fit the corpus."""
+        c = self.corpus
+        if vocab_size != c.vocab_size:
+            raise ValueError(f"model vocab_size: expected the corpus's {c.vocab_size} tokens, got {vocab_size}")
+        width = c.spk_embeddings.shape[1]
+        if spk_embed_dim != width:
+            raise ValueError(f"model spk_embed_dim: expected the corpus's speaker embedding width {width}, "
+                             f"got {spk_embed_dim}")
+
+    # ------------------------------------------------------------------------------------------------- data
+    @staticmethod
+    def _as_dict(batch) -> dict:
+        return {k: getattr(batch, k) for k in BATCH_KEYS}
+
+    def train_batches(self, seed: int, position: int):
+        batches = self._train if seed == self._train.seed else BucketedBatches(
+            self.corpus.train, self.config.train.batch_size, self.config.data.buckets, seed)
+        for batch in batches.iterate(position):
+            position += 1
+            yield self._as_dict(batch), position
+
+    def eval_batches(self):
+        utts, b = self.corpus.valid, self.config.train.batch_size
+        longest = max(u.tokens.shape[0] for u in utts)
+        width = max(self.config.data.buckets[-1], -(-longest // 8) * 8)  # one shape for all of them
+        batches = []
+        for first in range(0, len(utts), b):
+            idx = list(range(first, min(first + b, len(utts))))
+            batch = self._as_dict(collate(utts, idx + [idx[0]] * (b - len(idx)), width))  # fillers repeat row 0
+            batch["row_mask"] = (np.arange(b) < len(idx)).astype(np.float32)
+            batches.append(batch)
+        return batches
+
+    # ------------------------------------------------------------------------------------------- generation
+    def generate(self, params) -> tuple[np.ndarray, np.ndarray]:
+        """The evaluation sentences generated in one batch: ``(mel [k, F, m], lengths [k])`` (numpy, zero past each
+        row's length)."""
+        dc = self.config.data
+        targets, prompts = [t for t, _ in self._pairs], [p for _, p in self._pairs]
+        out = token2mel(
+            self.model, params,
+            _padded([u.tokens for u in targets], max(u.tokens.shape[0] for u in targets), np.int32),
+            np.stack([u.spk for u in targets]),
+            lengths=np.array([u.tokens.shape[0] for u in targets], np.int32),
+            prompt_tokens=_padded([u.tokens for u in prompts], max(u.tokens.shape[0] for u in prompts), np.int32),
+            prompt_mel=_padded([u.mel for u in prompts], max(u.mel.shape[0] for u in prompts), np.float32),
+            prompt_lengths=np.array([u.tokens.shape[0] for u in prompts], np.int32),
+            grid=dc.grid, n_steps=dc.ode_steps, solver=dc.solver, cfg_weight=dc.cfg_weight,
+        )
+        return np.asarray(jax.device_get(out.mel)), np.asarray(jax.device_get(out.lengths))
+
+    def _generated_at(self, params, step: int) -> np.ndarray:
+        if self._generated is None or self._generated[0] != step:
+            self._generated = (step, self.generate(params)[0])
+        return self._generated[1]
+
+    def evaluate(self, params, step, workdir):
+        mel = self._generated_at(params, step)  # [k, F, m]
+        targets = [t for t, _ in self._pairs]
+        truth = _padded([u.mel for u in targets], mel.shape[1], np.float32)  # [k, F, m]
+        mask = _padded([np.ones(u.mel.shape[0], np.float32) for u in targets], mel.shape[1], np.float32)  # [k, F]
+        base = speaker_mean_baseline(self._means, np.array([u.speaker_index for u in targets]), mel.shape[1])
+        l1, l1_base, mcd, mcd_base = (float(x) for x in _scores(mel, truth, base, mask))
+        return {"val_mel_l1": l1, "val_mel_l1_baseline": l1_base, "val_l1_ratio": l1 / l1_base, "val_mcd": mcd,
+                "val_mcd_baseline": mcd_base}
+
+    def write_samples(self, params, step, workdir):
+        import matplotlib.pyplot as plt
+
+        from fmjax.audio import save_wav
+        from fmjax.griffin_lim import griffin_lim_vocoder
+        from fmjax.plotting import plot_mels
+
+        mel = self._generated_at(params, step)
+        if jax.process_index() != 0:
+            return []
+        dc = self.config.data
+        target = self._pairs[dc.sample_sentence][0]
+        n = target.mel.shape[0]
+        generated = mel[dc.sample_sentence, :n]  # [n, m]
+        out = pathlib.Path(workdir) / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        l1 = float(mel_l1(generated[None], target.mel[None])[0])
+        fig = plot_mels({"ground truth": target.mel, "generated": generated},
+                        title=f"{self.config.experiment} step {step}: {target.id}, mel L1 {l1:.3f}\n\"{target.text}\"")
+        png = out / f"step_{step:06d}.png"
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        sr = self.corpus.config.sample_rate
+        wav = out / f"step_{step:06d}.wav"
+        save_wav(wav, np.asarray(griffin_lim_vocoder(jnp.asarray(generated[None]), self.corpus.config,
+                                                     n_iter=dc.griffin_lim_iters))[0], sr)
+        paths = [png, wav]
+        reference = out / f"reference_{target.id.replace('/', '_')}.wav"
+        if not reference.exists():
+            save_wav(reference, np.asarray(griffin_lim_vocoder(jnp.asarray(target.mel[None]), self.corpus.config,
+                                                               n_iter=dc.griffin_lim_iters))[0], sr)
+            paths.append(reference)
+        return paths
