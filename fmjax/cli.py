@@ -18,8 +18,9 @@ Inputs:
   of ``--prompt-utterance`` or ``--utterance``.
 
 Streaming (the default) feeds the tokens ``--chunk`` at a time, as if they arrived from a language model, and prints
-per-chunk latency and real-time factor (chunk compute time / the chunk's audio duration); ``--offline`` runs the
-offline twin. Timings include compilation unless ``--warmup`` runs the whole synthesis once first.
+per-chunk latency and real-time factor (a call's compute time / the duration of the audio it emitted; a call that
+emits nothing only buffered its tokens); ``--offline`` runs the offline twin. Timings include compilation unless
+``--warmup`` runs the whole synthesis once first.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def _read_ids(path, name: str) -> np.ndarray:
     if ids.ndim == 2 and ids.shape[0] == 1:
         ids = ids[0]
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"{name}: expected a non-empty 1-D list of integer ids, got shape {ids.shape} dtype {ids.dtype}")
+        raise ValueError(f"{name}: expected a non-empty 1-D list of integer ids, got shape {ids.shape} "
+                         f"dtype {ids.dtype}")
     return ids.astype(np.int64)
 
 
@@ -215,7 +217,8 @@ class _Inputs:
             return emb
         if a.speaker is not None:
             if a.speaker not in self.corpus.speakers:
-                raise ValueError(f"--speaker: unknown speaker {a.speaker!r}; the corpus has {list(self.corpus.speakers)}")
+                raise ValueError(f"--speaker: unknown speaker {a.speaker!r}; the corpus has "
+                                 f"{list(self.corpus.speakers)}")
             return self.corpus.spk_embeddings[self.corpus.speakers.index(a.speaker)]
         uid = a.prompt_utterance or a.utterance
         if uid is None:
@@ -282,12 +285,11 @@ def _offline(t2w, params, tokens, batch, chunk, *, progress):
 def _stream(t2w, params, tokens, batch, chunk, *, progress):
     from tqdm.auto import tqdm
 
-    per_token = t2w.samples_per_token / t2w.sample_rate  # seconds of audio per token
     t0 = time.perf_counter()
     state = t2w.init(params, batch["embedding"], batch["prompt_tokens"], batch["prompt_mel"],
                      vocoder_key=batch["vocoder_key"])
     init_s = time.perf_counter() - t0
-    pieces, latency, rtf, first_audio = [], [], [], None
+    pieces, latency, first_audio = [], [], None
     bar = tqdm(total=len(tokens), unit="tok", desc="token2wav", disable=not progress, file=sys.stderr)
     starts = list(range(0, len(tokens), chunk))
     for j, s in enumerate(starts):
@@ -298,23 +300,26 @@ def _stream(t2w, params, tokens, batch, chunk, *, progress):
         else:
             state, out = t2w.step(params, state, piece)
         latency.append(time.perf_counter() - t1)
-        rtf.append(latency[-1] / (piece.shape[1] * per_token))
         pieces.append(out.wav[0])
         if first_audio is None and len(out.wav[0]):
             first_audio = time.perf_counter() - t0
         bar.update(piece.shape[1])
-        bar.set_postfix(latency=f"{latency[-1]:.3f}s", rtf=f"{rtf[-1]:.2f}")
+        bar.set_postfix(latency=f"{latency[-1]:.3f}s", samples=len(out.wav[0]))
     bar.close()
     total = time.perf_counter() - t0
     wav = np.concatenate(pieces)
     seconds = len(wav) / t2w.sample_rate
-    lines = [f"{'chunk':>5} {'tokens':>6} {'latency_s':>9} {'rtf':>6}"]
-    lines += [f"{j:>5} {min(chunk, len(tokens) - s):>6} {lat:>9.3f} {r:>6.2f}"
-              for j, (s, lat, r) in enumerate(zip(starts, latency, rtf))]
+    # A call's real-time factor: its latency over the duration of the audio it emitted (a call that emits nothing
+    # only buffered its tokens, e.g. a chunk waiting for its look-ahead tokens).
+    rtf = [lat * t2w.sample_rate / len(p) if len(p) else None for lat, p in zip(latency, pieces)]
+    working = [r for r in rtf if r is not None]
+    lines = [f"{'chunk':>5} {'tokens':>6} {'latency_s':>9} {'samples':>7} {'rtf':>6}"]
+    lines += [f"{j:>5} {min(chunk, len(tokens) - s):>6} {lat:>9.3f} {len(p):>7} {'-' if r is None else f'{r:.2f}':>6}"
+              for j, (s, lat, p, r) in enumerate(zip(starts, latency, pieces, rtf))]
     lines.append(f"init {init_s:.2f} s; first audio after {first_audio if first_audio is not None else total:.2f} s; "
-                 f"chunk latency median {np.median(latency):.3f} s, max {max(latency):.3f} s; chunks faster than "
-                 f"real time: {sum(r < 1 for r in rtf)}/{len(rtf)}; total {total:.2f} s for {seconds:.2f} s of audio: "
-                 f"real-time factor {total / seconds:.3f}")
+                 f"chunk latency median {np.median(latency):.3f} s, max {max(latency):.3f} s; calls that emitted audio "
+                 f"faster than real time: {sum(r < 1 for r in working)}/{len(working)}; total {total:.2f} s for "
+                 f"{seconds:.2f} s of audio: real-time factor {total / seconds:.3f}")
     return wav, "\n".join(lines)
 
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from fmjax.audio import MelConfig
 from fmjax.griffin_lim import griffin_lim, mel_to_magnitude
-from fmjax.models.hift import HiFTConfig, check_mel
+from fmjax.models.hift import HiFTConfig
 from fmjax.noise import MAX_FRAMES
 from fmjax.token2mel import check_ids, check_lengths, token2mel
 from fmjax.token2mel_stream import StreamState, Token2MelStream
@@ -392,7 +392,8 @@ class Token2Wav:
             _check_frames(frames, self.vocoder.n_mels, f"mel (row {i})")
             pieces, start = [], 0
             while len(frames) - start >= v:
-                piece, caches[i] = self.vocoder.step(vocoder_params, caches[i], jnp.asarray(frames[None, start : start + v]))
+                window = jnp.asarray(frames[None, start : start + v])  # [1, V, m]
+                piece, caches[i] = self.vocoder.step(vocoder_params, caches[i], window)
                 pieces.append(np.asarray(piece[0]))
                 start += v
             if final:
@@ -411,7 +412,8 @@ class Token2Wav:
         if not hasattr(mel, "shape"):
             raise TypeError(f"mel: expected an array [b, t, {self.vocoder.n_mels}], got {type(mel).__name__}")
         if len(mel.shape) != 3 or mel.shape[-1] != self.vocoder.n_mels:
-            raise ValueError(f"mel: expected shape [b, t, {self.vocoder.n_mels}] (channels last), got {tuple(mel.shape)}")
+            raise ValueError(f"mel: expected shape [b, t, {self.vocoder.n_mels}] (channels last), "
+                             f"got {tuple(mel.shape)}")
         mel = np.asarray(mel, np.float32)
         b = mel.shape[0]
         n = check_lengths(lengths, b, mel.shape[1], "lengths")
