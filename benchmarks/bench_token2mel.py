@@ -9,8 +9,8 @@
     K/V window (in tokens; 500 holds the whole stream, i.e. exactly CosyVoice2 HEAD's all-left-context chunk
     masks). Per-chunk latency, first chunk, total, max/median. Targets: every chunk <= 1 s, max/median <= 1.3,
     total <= 25 s (CosyVoice2 recomputing the prefix: 1.28 s first chunk, 28 s last, 272 s total).
-(c) where a chunk's time goes: the encoder's chunk step and the estimator's whole ODE for one chunk (10 steps x
-    CFG pair, the stream's in-place loop over per-step caches) timed alone with the same window.
+(c) where a chunk's time goes: the encoder's chunk step and the estimator's whole ODE for one chunk
+    (:func:`fmjax.streaming.sample_chunk`, 10 steps x CFG pair) timed alone with the same window.
 
 Compilation is timed separately and excluded from the latencies (a warm-up stream compiles the step first).
 The 1-minute load average is printed with the numbers: other jobs on the machine inflate them.
@@ -36,11 +36,11 @@ from common import block, print_table, time_call, write_json  # noqa: E402
 from fmjax.cond import MelCond  # noqa: E402
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, flow_param_shapes  # noqa: E402
 from fmjax.noise import cosyvoice_noise  # noqa: E402
-from fmjax.samplers import EULER, classifier_free_guidance_cached  # noqa: E402
-from fmjax.streaming import init_sampler_caches  # noqa: E402
+from fmjax.samplers import classifier_free_guidance_cached  # noqa: E402
+from fmjax.streaming import init_sampler_caches, sample_chunk  # noqa: E402
 from fmjax.timesteps import cosine_grid  # noqa: E402
 from fmjax.token2mel import token2mel  # noqa: E402
-from fmjax.token2mel_stream import Token2MelStream, _sample_chunk_in_place  # noqa: E402  (the stream's ODE)
+from fmjax.token2mel_stream import Token2MelStream  # noqa: E402
 
 TORCH_OFFLINE_S = 11.68  # CosyVoice2 flow.inference, 250 tokens, CPU (issue 4)
 TORCH_STREAM_S = {"first": 1.28, "last": 28.0, "total": 272.0}
@@ -139,7 +139,7 @@ def bench_parts(model, params, window, repeats):
             return model.apply(params, x, cond, t, cache, method="estimate")
 
         guided = classifier_free_guidance_cached(velocity, 0.7)
-        return _sample_chunk_in_place(guided, x0, cond, jnp.asarray(cosine_grid(STEPS), jnp.float32), caches, EULER)
+        return sample_chunk(guided, x0, cond, jnp.asarray(cosine_grid(STEPS), jnp.float32), caches)
 
     ode = jax.jit(ode_fn, donate_argnums=3)
     state["est"] = init_sampler_caches(model.init_estimator_cache(2, r * window), STEPS)

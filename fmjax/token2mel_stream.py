@@ -4,7 +4,7 @@ A stream is the sequence ``[prompt tokens | new tokens]`` of one row, cut into *
 (token ``j`` is in chunk ``j // C``), exactly the chunks of the offline chunk masks (CosyVoice2 aligns them the
 same way with ``prompt_token_pad``). Chunk ``k`` is computed once: the encoder turns its tokens (plus the next
 ``L = 3`` look-ahead tokens) into ``mu`` for frames ``[r·k·C, r·(k+1)·C)`` continuing the encoder's caches, and
-the whole ODE runs for those frames (as :func:`fmjax.streaming.sample_chunk`: one estimator cache per ODE step,
+the whole ODE runs for those frames (:func:`fmjax.streaming.sample_chunk`: one estimator cache per ODE step,
 updated in place; CFG by batch doubling) from CosyVoice's fixed noise at the same absolute frames. The prompt mel
 is the ``prompt`` condition of the prompt's frames; frames of prompt tokens are never emitted.
 
@@ -47,8 +47,8 @@ import numpy as np
 from fmjax.cond import MelCond
 from fmjax.models.flow import check_speaker_embedding
 from fmjax.noise import MAX_FRAMES, cosyvoice_noise
-from fmjax.samplers import Solver, classifier_free_guidance_cached, get_solver, rk_step_cached
-from fmjax.streaming import cache_nbytes, init_sampler_caches, take_frames
+from fmjax.samplers import Solver, classifier_free_guidance_cached, get_solver
+from fmjax.streaming import cache_nbytes, init_sampler_caches, sample_chunk, take_frames
 from fmjax.timesteps import time_grid
 from fmjax.token2mel import check_ids, check_lengths
 from fmjax.typing import Array, Float, Int, Key
@@ -370,7 +370,7 @@ def _row_step(stream: Token2MelStream, params, grid, noise, row: StreamRows, tok
         prompt = jnp.where((first + frame < prompt_frames)[:, None], fifo_mel[: r * c], 0.0)  # [r·C, m]
         cond = MelCond(mu, row.spks[None], prompt[None], (frame < r * valid).astype(mu.dtype)[None])
         x0 = take_frames(noise, first, r * c)[None]  # [1, r·C, m]
-        x1, est_cache = _sample_chunk_in_place(guided, x0, cond, grid, est_cache, solver)
+        x1, est_cache = sample_chunk(guided, x0, cond, grid, est_cache, solver)
         skip = jnp.clip(prompt_frames - first, 0, r * c)  # leading prompt frames are not emitted
         emit = (frame >= skip) & (frame < r * valid)
         out = out.at[jnp.where(emit, n_out + frame - skip, out_frames)].set(x1[0], mode="drop")
@@ -386,24 +386,6 @@ def _row_step(stream: Token2MelStream, params, grid, noise, row: StreamRows, tok
     new_row = row._replace(fifo=ext[:q], fifo_mel=fifo_mel, held=held, done=done, encoder=enc_cache,
                            estimator=est_cache)
     return new_row, out, n_out
-
-
-def _sample_chunk_in_place(velocity, x0, cond, grid, caches, solver: Solver):
-    """:func:`fmjax.streaming.sample_chunk` (same arguments and result) with the stacked per-step caches in the
-    loop carry: step ``s`` reads slice ``s`` and writes it back with an in-place dynamic update. ``sample_chunk``
-    scans them as ``xs``/``ys``, which copies them in and out and holds a second full set; at full size with a
-    500-token window that doubles the chunk time (measured 4.6-5.8 s vs 8.1-13 s per chunk on 2 loaded cores).
-    A candidate to replace ``sample_chunk``'s body."""
-    grid = jnp.asarray(grid, jnp.result_type(x0.dtype, jnp.float32))
-
-    def body(s, carry):
-        x, caches = carry
-        cache_s = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, s, 0, keepdims=False), caches)
-        x, cache_s = rk_step_cached(solver, velocity, grid[s], grid[s + 1] - grid[s], x, cond, cache_s)
-        caches = jax.tree_util.tree_map(lambda a, u: jax.lax.dynamic_update_index_in_dim(a, u, s, 0), caches, cache_s)
-        return x.astype(x0.dtype), caches
-
-    return jax.lax.fori_loop(0, grid.shape[0] - 1, body, (x0, caches))
 
 
 # --------------------------------------------------------------------------------------------- host helpers

@@ -4,14 +4,11 @@ chunks, batched rows ending at different steps, limited left context), one compi
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax.samplers import get_solver
-from fmjax.streaming import init_sampler_caches, sample_chunk
 from fmjax.token2mel import token2mel
-from fmjax.token2mel_stream import StreamState, Token2MelStream, _advance, _sample_chunk_in_place
+from fmjax.token2mel_stream import StreamState, Token2MelStream, _advance
 from tests.models.test_flow import tiny_flow
 
 STEPS = 3  # ODE steps
@@ -119,25 +116,6 @@ def test_stream_emits_after_prompt_and_waits_for_lookahead():
     offline = token2mel(model, params, tokens, emb, prompt_tokens=prompt, prompt_mel=pmel, streaming=True,
                         n_steps=STEPS)
     _assert_rows_equal([np.concatenate(frames)], offline, [9], "P=5, C=2")
-
-
-@pytest.mark.parametrize("solver", ["euler", "rk4"])
-def test_in_place_chunk_sampler_equals_sample_chunk(solver):
-    """The stream's ODE loop (per-step caches in the loop carry) == fmjax.streaming.sample_chunk, chunk by chunk."""
-
-    def velocity(t, x, cond, cache):  # a causal toy: running sum over past frames, kept in the cache
-        total = cache + jnp.cumsum(x, axis=1)
-        return jnp.tanh(total * t[:, None, None]) + cond, total[:, -1:]
-
-    x = jax.random.normal(jax.random.key(0), (2, 9, 3))
-    cond = jax.random.normal(jax.random.key(1), (2, 9, 3))
-    grid = np.array([0.0, 0.2, 0.5, 1.0], np.float32)
-    a = b = init_sampler_caches(jnp.zeros((2, 1, 3)), 3, solver)
-    for s in range(0, 9, 3):
-        ya, a = sample_chunk(velocity, x[:, s : s + 3], cond[:, s : s + 3], grid, a, solver)
-        yb, b = _sample_chunk_in_place(velocity, x[:, s : s + 3], cond[:, s : s + 3], grid, b, get_solver(solver))
-        np.testing.assert_allclose(np.asarray(yb), np.asarray(ya), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
 
 
 def test_stream_bad_input():
