@@ -281,9 +281,11 @@ class Token2Wav:
         return self.stream.model.config.token_mel_ratio * self.vocoder.samples_per_frame
 
     def prepare_params(self, flow_params, vocoder_params=None) -> Token2WavParams:
-        """Bundles the flow's params (both layouts) and the vocoder's (None for Griffin-Lim)."""
+        """Bundles the flow's params (both layouts) and the vocoder's (None for Griffin-Lim), placed on the device
+        once (numpy params would otherwise be copied at every call)."""
         if isinstance(self.vocoder, HiFTVocoder) and vocoder_params is None:
             raise ValueError("vocoder_params: the HiFT vocoder needs its params (use GriffinLimVocoder without)")
+        flow_params, vocoder_params = jax.device_put((flow_params, vocoder_params))
         return Token2WavParams(flow_params, self.stream.prepare_params(flow_params), vocoder_params)
 
     # -------------------------------------------------------------------------------------------- streams
