@@ -114,7 +114,7 @@ def test_token2wav_stream_equals_offline_every_schedule_compile_bound(setup):
                                    prompt_lengths=PLENS)
 
     def reference(i, mel):
-        pieces = vocoder_stream.vocode_stream(hcfg, hparams, jnp.asarray(mel[None]), [8] * (len(mel) // 8),
+        pieces = vocoder_stream.vocode_stream(hcfg, params.vocoder, jnp.asarray(mel[None]), [8] * (len(mel) // 8),
                                               jax.random.fold_in(jax.random.key(0), i))
         return np.concatenate([np.asarray(p[0]) for p in pieces])
 
