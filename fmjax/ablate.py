@@ -36,7 +36,8 @@ from fmjax.paths import CondOTPath
 from fmjax.samplers import SOLVERS, get_solver
 from fmjax.timesteps import GRIDS, T_SAMPLERS, get_t_sampler, time_grid
 
-__all__ = ["AblationSpec", "Domain", "ToyDomain", "run_ablation", "summarize", "write_results", "plot_quality_vs_nfe"]
+__all__ = ["AblationSpec", "Domain", "ToyDomain", "run_ablation", "summarize", "write_results", "plot_quality_vs_nfe",
+           "parse_t_sampler", "add_spec_arguments", "spec_from_args"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,21 +240,31 @@ def plot_quality_vs_nfe(rows: Sequence[dict], path, metric: str = "sw2", title: 
     return path
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="output directory (CSV, JSON, PNG)")
+def add_spec_arguments(ap: argparse.ArgumentParser, *, cfg: str = "0") -> None:
+    """The :class:`AblationSpec` options of a CLI (``--t-samplers --grids --solvers --steps --cfg --seeds``)."""
     ap.add_argument("--t-samplers", nargs="+", default=["uniform", "logit_normal"], help="e.g. uniform logit_normal:m=0,s=1")
     ap.add_argument("--grids", nargs="+", default=["linear", "cosine"], help="e.g. linear cosine sway:s=-0.5")
     ap.add_argument("--solvers", nargs="+", default=["euler"])
     ap.add_argument("--steps", default="1,2,4,8", type=lambda s: tuple(int(x) for x in s.split(",")))
-    ap.add_argument("--cfg", default="0", type=lambda s: tuple(float(x) for x in s.split(",")))
+    ap.add_argument("--cfg", default=cfg, type=lambda s: tuple(float(x) for x in s.split(",")))
     ap.add_argument("--seeds", default="0,1,2", type=lambda s: tuple(int(x) for x in s.split(",")))
+
+
+def spec_from_args(args: argparse.Namespace) -> AblationSpec:
+    """The spec of options added by :func:`add_spec_arguments`."""
+    return AblationSpec(tuple(args.t_samplers), tuple(args.grids), tuple(args.solvers), args.steps, args.cfg, args.seeds)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output directory (CSV, JSON, PNG)")
+    add_spec_arguments(ap)
     ap.add_argument("--source", default="8gaussians")
     ap.add_argument("--target", default="moons")
     ap.add_argument("--train-steps", default=500, type=int)
     ap.add_argument("--conditional", action="store_true", help="class-conditional toy (needed for --cfg)")
     args = ap.parse_args(argv)
-    spec = AblationSpec(tuple(args.t_samplers), tuple(args.grids), tuple(args.solvers), args.steps, args.cfg, args.seeds)
+    spec = spec_from_args(args)
     domain = ToyDomain(args.source, args.target, args.train_steps, conditional=args.conditional)
     rows = run_ablation(domain, spec)
     paths = write_results(rows, args.out, spec)

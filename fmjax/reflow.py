@@ -60,24 +60,38 @@ def generate_couplings(
 
 
 def straightness(
-    velocity: Callable, x0: Float[Array, "b ..."], cond=None, *, n_steps: int = 64, solver: str = "euler"
+    velocity: Callable,
+    x0: Float[Array, "b ..."],
+    cond=None,
+    *,
+    n_steps: int = 64,
+    solver: str = "euler",
+    mask: Float[Array, "b ..."] | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, "b"]]:
     """Straightness of a flow: ``S = E_t E ‖(x̂1 − x0) − v(x_t, t)‖²`` along its own ODE path.
 
     The path is integrated on a uniform grid of ``n_steps``; ``v`` is evaluated at every grid time before the
     last; ``x̂1`` is the end point. ``S = 0`` iff every path is a straight line at constant speed. The squared
-    norm is averaged over the feature axes (per element), so values are comparable across data sizes.
+    norm is averaged over the feature axes (per element), so values are comparable across data sizes; with
+    ``mask`` (``[b, ...]`` = ``x0.shape[:-1]``, 1 at valid frames) only valid elements count (padded mels).
 
     Returns ``(S, S_per_example [b])``.
     """
+    if mask is not None and tuple(jnp.shape(mask)) != tuple(x0.shape[:-1]):
+        raise ValueError(f"mask: expected shape {tuple(x0.shape[:-1])} (x0 without its feature axis), "
+                         f"got {tuple(jnp.shape(mask))}")
+    b = x0.shape[0]
+    weight = jnp.ones(x0.shape, jnp.float32) if mask is None else jnp.broadcast_to(
+        jnp.asarray(mask, jnp.float32)[..., None], x0.shape)  # [b, ...] per element
+    weight = weight.reshape(b, -1)
     grid = jnp.asarray(time_grid("linear", n_steps))
     x1, aux = sample(velocity, x0, cond, grid, solver, return_trajectory=True)
     states = jnp.concatenate([x0[None], aux.trajectory[:-1]], axis=0)  # [n, b, ...] state at grid[:-1]
     chord = x1 - x0
 
     def dev(t, x):
-        v = velocity(jnp.full((x.shape[0],), t), x, cond)
-        return jnp.mean(((chord - v) ** 2).reshape(x.shape[0], -1), axis=1)
+        v = velocity(jnp.full((b,), t), x, cond)
+        return jnp.sum(((chord - v) ** 2).reshape(b, -1) * weight, axis=1) / jnp.maximum(weight.sum(1), 1.0)
 
     per = jnp.mean(jax.vmap(dev)(grid[:-1], states), axis=0)  # mean over t
     return jnp.mean(per), per
@@ -183,8 +197,16 @@ class CouplingStore:
         if have != list(range(manifest["num_shards"])):
             missing = sorted(set(range(manifest["num_shards"])) - set(have))
             raise ValueError(f"couplings in {self.dir} are incomplete: missing shards {missing}; run generate again")
-        parts = [dict(np.load(self.shard_path(i))) for i in have]
+        parts = [self.load_shard(i) for i in have]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def load_shard(self, i: int) -> dict[str, np.ndarray]:
+        """Shard ``i``'s arrays (shards of different shapes, e.g. per length bucket, are read one by one)."""
+        path = self.shard_path(i)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: shard {i} has not been generated")
+        with np.load(path) as data:
+            return dict(data)
 
 
 def _atomic_write_text(path: pathlib.Path, text: str) -> None:

@@ -210,21 +210,26 @@ class CorpusExperiment(Experiment):
         return batches
 
     # ------------------------------------------------------------------------------------------- generation
-    def generate(self, params) -> tuple[np.ndarray, np.ndarray]:
-        """The evaluation sentences generated in one batch: ``(mel [k, F, m], lengths [k])`` (numpy, zero past each
-        row's length)."""
-        dc = self.config.data
+    def generation_inputs(self) -> dict:
+        """The :func:`fmjax.token2mel.token2mel` inputs of the evaluation sentences (numpy): ``tokens``,
+        ``embedding``, ``lengths``, ``prompt_tokens``, ``prompt_mel`` and ``prompt_lengths``."""
         targets, prompts = [t for t, _ in self._pairs], [p for _, p in self._pairs]
-        out = token2mel(
-            self.model, params,
-            _padded([u.tokens for u in targets], max(u.tokens.shape[0] for u in targets), np.int32),
-            np.stack([u.spk for u in targets]),
+        return dict(
+            tokens=_padded([u.tokens for u in targets], max(u.tokens.shape[0] for u in targets), np.int32),
+            embedding=np.stack([u.spk for u in targets]),
             lengths=np.array([u.tokens.shape[0] for u in targets], np.int32),
             prompt_tokens=_padded([u.tokens for u in prompts], max(u.tokens.shape[0] for u in prompts), np.int32),
             prompt_mel=_padded([u.mel for u in prompts], max(u.mel.shape[0] for u in prompts), np.float32),
             prompt_lengths=np.array([u.tokens.shape[0] for u in prompts], np.int32),
-            grid=dc.grid, n_steps=dc.ode_steps, solver=dc.solver, cfg_weight=dc.cfg_weight,
         )
+
+    def generate(self, params, **sampler) -> tuple[np.ndarray, np.ndarray]:
+        """The evaluation sentences generated in one batch: ``(mel [k, F, m], lengths [k])`` (numpy, zero past each
+        row's length). ``sampler`` overrides :func:`~fmjax.token2mel.token2mel`'s ``grid``, ``n_steps``,
+        ``solver``, ``cfg_weight`` (default: ``data``'s) or passes ``key``/``noise``."""
+        dc = self.config.data
+        settings = dict(grid=dc.grid, n_steps=dc.ode_steps, solver=dc.solver, cfg_weight=dc.cfg_weight) | sampler
+        out = token2mel(self.model, params, **self.generation_inputs(), **settings)
         return np.asarray(jax.device_get(out.mel)), np.asarray(jax.device_get(out.lengths))
 
     def _generated_at(self, params, step: int) -> np.ndarray:
@@ -233,7 +238,11 @@ class CorpusExperiment(Experiment):
         return self._generated[1]
 
     def evaluate(self, params, step, workdir):
-        mel = self._generated_at(params, step)  # [k, F, m]
+        return self.score(self._generated_at(params, step))
+
+    def score(self, mel: np.ndarray) -> dict[str, float]:
+        """``val_mel_l1``, ``val_mcd``, their speaker-mean baselines and ``val_l1_ratio`` of generated evaluation
+        sentences ``mel [k, F, m]`` (as :meth:`generate` returns them) against the ground truth."""
         targets = [t for t, _ in self._pairs]
         truth = _padded([u.mel for u in targets], mel.shape[1], np.float32)  # [k, F, m]
         mask = _padded([np.ones(u.mel.shape[0], np.float32) for u in targets], mel.shape[1], np.float32)  # [k, F]
