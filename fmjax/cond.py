@@ -43,3 +43,52 @@ def null_condition(cond):
     if hasattr(cond, "null"):
         return cond.null()
     return jax.tree_util.tree_map(jnp.zeros_like, cond)
+
+
+def check_estimator_call(
+    x, cond, t, *, mel_dim: int, mu_dim: int, spk_dim: int, cond_dim: int, streaming, cache, chunk_size: int
+) -> Float[Array, "b"]:
+    """The input checks every mel estimator makes (in Python, before tracing); returns ``t`` as ``[b]``.
+
+    Checks ``x [b, t, mel_dim]``, the shapes of ``cond``'s leaves against it, ``t`` (``[b]`` or a scalar),
+    ``streaming`` (a static bool, never combined with a cache) and, for a streaming step (``cache`` given), that
+    the chunk has at most ``chunk_size`` frames. The cache's own type and layout are the estimator's to check.
+    """
+    if not isinstance(cond, MelCond):
+        raise TypeError(f"cond: expected a fmjax.cond.MelCond, got {type(cond).__name__}")
+    if getattr(x, "ndim", None) != 3 or x.shape[-1] != mel_dim:
+        raise ValueError(f"x: expected shape [b, t, {mel_dim}], got {getattr(x, 'shape', type(x))}")
+    b, n = x.shape[:2]
+    expected = {
+        "cond.mu": (cond.mu, (b, n, mu_dim)),
+        "cond.spks": (cond.spks, (b, spk_dim)),
+        "cond.prompt": (cond.prompt, (b, n, cond_dim)),
+        "cond.mask": (cond.mask, (b, n)),
+    }
+    for name, (a, shape) in expected.items():
+        if tuple(getattr(a, "shape", ())) != shape:
+            raise ValueError(f"{name}: expected shape {shape} for x of shape {x.shape}, got {getattr(a, 'shape', a)}")
+    t = jnp.asarray(t)
+    if t.ndim == 0:
+        t = jnp.broadcast_to(t, (b,))
+    if t.shape != (b,):
+        raise ValueError(f"t: expected shape [{b}] or a scalar, got {t.shape}")
+    if not isinstance(streaming, bool):
+        raise TypeError(f"streaming: expected a Python bool (static), got {type(streaming).__name__}")
+    if cache is not None:
+        if streaming:
+            raise ValueError("streaming: a streaming step (cache given) is always chunk-masked; leave it False")
+        if n > chunk_size:
+            raise ValueError(f"x: a streaming chunk has at most chunk_size={chunk_size} frames, got {n}")
+    return t
+
+
+def pad_chunk(x: Float[Array, "b n m"], cond: MelCond, chunk_size: int) -> tuple[Float[Array, "b C m"], MelCond]:
+    """Zero-pads a streaming chunk of ``n <= chunk_size`` frames (and its conditions, mask 0) to ``chunk_size``,
+    so that one compiled step serves a stream's last, partial chunk too."""
+    n = x.shape[1]
+    if n == chunk_size:
+        return x, cond
+    pad = ((0, 0), (0, chunk_size - n), (0, 0))
+    return jnp.pad(x, pad), MelCond(jnp.pad(cond.mu, pad), cond.spks, jnp.pad(cond.prompt, pad),
+                                    jnp.pad(cond.mask, pad[:2]))

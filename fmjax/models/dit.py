@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fmjax.cond import MelCond
+from fmjax.cond import MelCond, check_estimator_call, pad_chunk
 from fmjax.nn.attention import KVCache
 from fmjax.nn.dit_blocks import ConvPosCache, ConvPositionEmbedding, DiTBlock, modulated_norm
 from fmjax.nn.embeddings import TimestepEmbedding, sinusoidal_embedding
@@ -138,10 +138,8 @@ class DiT(nn.Module):
         cfg = self.config
         t = self._check(x, cond, t, cache, streaming)
         b, n = x.shape[:2]
-        if cache is not None and n < cfg.chunk_size:  # pad the last chunk to C frames, masked
-            pad = ((0, 0), (0, cfg.chunk_size - n), (0, 0))
-            x = jnp.pad(x, pad)
-            cond = MelCond(jnp.pad(cond.mu, pad), cond.spks, jnp.pad(cond.prompt, pad), jnp.pad(cond.mask, pad[:2]))
+        if cache is not None:  # a partial last chunk is padded to C frames, masked
+            x, cond = pad_chunk(x, cond, cfg.chunk_size)
         valid = cond.mask > 0  # [b, t]
         t_freq = sinusoidal_embedding(t, TIME_FREQ_DIM).astype(x.dtype)  # [b, 256]
         t_emb = TimestepEmbedding(cfg.dim, name="time_embed")(t_freq)  # [b, dim]
@@ -211,37 +209,13 @@ class DiT(nn.Module):
 
     def _check(self, x, cond, t, cache, streaming) -> Array:
         cfg = self.config
-        if not isinstance(cond, MelCond):
-            raise TypeError(f"cond: expected a fmjax.cond.MelCond, got {type(cond).__name__}")
-        if getattr(x, "ndim", None) != 3 or x.shape[-1] != cfg.mel_dim:
-            raise ValueError(f"x: expected shape [b, t, {cfg.mel_dim}], got {getattr(x, 'shape', type(x))}")
-        b, n = x.shape[:2]
-        expected = {
-            "cond.mu": (cond.mu, (b, n, cfg.mu_dim)),
-            "cond.spks": (cond.spks, (b, cfg.spk_dim)),
-            "cond.prompt": (cond.prompt, (b, n, cfg.mel_dim)),
-            "cond.mask": (cond.mask, (b, n)),
-        }
-        for name, (a, shape) in expected.items():
-            if tuple(getattr(a, "shape", ())) != shape:
-                raise ValueError(
-                    f"{name}: expected shape {shape} for x of shape {x.shape}, got {getattr(a, 'shape', a)}"
-                )
-        t = jnp.asarray(t)
-        if t.ndim == 0:
-            t = jnp.broadcast_to(t, (b,))
-        if t.shape != (b,):
-            raise ValueError(f"t: expected shape [{b}] or a scalar, got {t.shape}")
-        if not isinstance(streaming, bool):
-            raise TypeError(f"streaming: expected a Python bool (static), got {type(streaming).__name__}")
+        t = check_estimator_call(x, cond, t, mel_dim=cfg.mel_dim, mu_dim=cfg.mu_dim, spk_dim=cfg.spk_dim,
+                                 cond_dim=cfg.mel_dim, streaming=streaming, cache=cache, chunk_size=cfg.chunk_size)
+        b = x.shape[0]
         if cache is None:
             return t
-        if streaming:
-            raise ValueError("streaming: a streaming step (cache given) is always chunk-masked; leave it False")
         if not isinstance(cache, DiTCache):
             raise TypeError(f"cache: expected a DiTCache from init_cache, got {type(cache).__name__}")
-        if n > cfg.chunk_size:
-            raise ValueError(f"x: a streaming chunk has at most chunk_size={cfg.chunk_size} frames, got {n}")
         pos = cache.blocks.pos  # [depth, b, w]
         if getattr(pos, "ndim", 0) != 3:
             raise ValueError(f"cache.blocks.pos: expected shape [depth, b, w], got {getattr(pos, 'shape', pos)}")
