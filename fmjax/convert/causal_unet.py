@@ -26,10 +26,9 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
+from fmjax.convert.common import StateDictReader, float32_params, load_state_dict
 from fmjax.models.causal_unet import CausalUNetConfig
 
 FLOW_PREFIX = "decoder.estimator."
@@ -112,7 +111,7 @@ def convert_causal_unet(
         "final_proj": conv("final_proj", d, cfg.mel_dim, 1),
     }
     r.finish()
-    return cfg, {"params": jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)}
+    return cfg, float32_params(params)
 
 
 def _infer_config(r: StateDictReader, num_heads, chunk_size, num_left_chunks, activation) -> CausalUNetConfig:
@@ -122,13 +121,7 @@ def _infer_config(r: StateDictReader, num_heads, chunk_size, num_left_chunks, ac
         "q": "down_blocks.0.1.0.attn1.to_q.weight",
         "ff": "down_blocks.0.1.0.ff.net.0.proj.weight",
     }
-    shapes = {k: r.shape(name) for k, name in needed.items()}
-    missing = [needed[k] for k, s in shapes.items() if s is None]
-    if missing:
-        raise StateDictError(
-            "state dict does not match the CosyVoice2 CausalConditionalDecoder: cannot infer its sizes, "
-            f"missing keys ({len(missing)}): " + ", ".join(missing)
-        )
+    shapes = r.require_shapes(needed)
     if any(k.startswith("down_blocks.1.") for k in r.keys()):
         raise ValueError("state dict: found down_blocks.1.*, but the causal U-Net has a single level (channels=[c])")
     d, in_channels, _ = shapes["conv_in"]

@@ -112,6 +112,20 @@ class StateDictReader:
         """Shape of a tensor without taking it (None when absent); used to infer configs."""
         return tuple(self._sd[name].shape) if name in self._sd else None
 
+    def require_shapes(self, needed: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
+        """Shapes of the tensors a converter infers its config from (``{label: key}`` → ``{label: shape}``).
+
+        Raises :class:`StateDictError` naming every absent key: without them the sizes cannot be inferred.
+        """
+        shapes = {label: self.shape(name) for label, name in needed.items()}
+        missing = [needed[label] for label, s in shapes.items() if s is None]
+        if missing:
+            raise StateDictError(
+                f"state dict does not match the {self._what}: cannot infer its sizes, "
+                f"missing keys ({len(missing)}): " + ", ".join(missing)
+            )
+        return shapes
+
     def take(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Returns tensor ``name`` (marking it used). A missing or mis-shaped tensor is recorded, and a zero
         array of the expected shape is returned so that conversion can go on and report everything at once."""
@@ -150,3 +164,11 @@ def count_parameters(params) -> int:
     import jax
 
     return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
+
+
+def float32_params(params) -> dict:
+    """``{"params": params}`` with every leaf a float32 JAX array (what the converters return)."""
+    import jax
+    import jax.numpy as jnp
+
+    return {"params": jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)}

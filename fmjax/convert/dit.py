@@ -27,10 +27,9 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
+from fmjax.convert.common import StateDictError, StateDictReader, float32_params, load_state_dict
 from fmjax.models.dit import TIME_FREQ_DIM, DiTConfig
 from fmjax.nn.rotary import rotary_inv_freq
 
@@ -98,7 +97,7 @@ def convert_dit(
             f"state dict does not match the {_WHAT}: rotary_embed.inv_freq is not 10000^(-2k/{cfg.dim_head}) "
             f"(max relative deviation {np.max(np.abs(inv_freq / expected - 1)):.3g}); fmjax supports only base 10000"
         )
-    return cfg, {"params": jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)}
+    return cfg, float32_params(params)
 
 
 def _infer_config(r: StateDictReader, mu_dim, chunk_size, num_left_chunks) -> DiTConfig:
@@ -110,13 +109,7 @@ def _infer_config(r: StateDictReader, mu_dim, chunk_size, num_left_chunks) -> Di
         "ff": "transformer_blocks.0.ff.ff.0.0.weight",
         "conv": "input_embed.conv_pos_embed.conv1.0.weight",
     }
-    shapes = {k: r.shape(name) for k, name in needed.items()}
-    missing = [needed[k] for k, s in shapes.items() if s is None]
-    if missing:
-        raise StateDictError(
-            f"state dict does not match the {_WHAT}: cannot infer its sizes, "
-            f"missing keys ({len(missing)}): " + ", ".join(missing)
-        )
+    shapes = r.require_shapes(needed)
     dim, in_channels = shapes["proj"]
     mel = shapes["out"][0]
     dim_head = 2 * shapes["rope"][0]

@@ -28,10 +28,9 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
+from fmjax.convert.common import StateDictError, StateDictReader, float32_params, load_state_dict
 from fmjax.models.unet import UNetConfig
 
 PREFIX = "decoder.estimator."
@@ -137,7 +136,7 @@ def convert_unet(
     params["final_block"] = block("final_block", cfg.channels[0], cfg.channels[0])
     params["final_proj"] = conv("final_proj", cfg.channels[0], cfg.mel_dim, 1)
     r.finish()
-    return cfg, {"params": jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)}
+    return cfg, float32_params(params)
 
 
 def _infer_config(r: StateDictReader, num_heads, cond_dim, activation, attention_mask, crop_upsampled) -> UNetConfig:
@@ -147,13 +146,7 @@ def _infer_config(r: StateDictReader, num_heads, cond_dim, activation, attention
         "q": "down_blocks.0.1.0.attn1.to_q.weight",
         "ff": "down_blocks.0.1.0.ff.net.0.proj.weight",
     }
-    shapes = {k: r.shape(name) for k, name in needed.items()}
-    missing = [needed[k] for k, s in shapes.items() if s is None]
-    if missing:
-        raise StateDictError(
-            "state dict does not match the Matcha/CosyVoice1 ConditionalDecoder: cannot infer its sizes, "
-            f"missing keys ({len(missing)}): " + ", ".join(missing)
-        )
+    shapes = r.require_shapes(needed)
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"num_heads: expected a positive int, got {num_heads!r}")
     levels = _count(r, r"down_blocks\.(\d+)\.0\.block1\.block\.0\.weight")
