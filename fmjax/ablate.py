@@ -242,7 +242,8 @@ def plot_quality_vs_nfe(rows: Sequence[dict], path, metric: str = "sw2", title: 
 
 def add_spec_arguments(ap: argparse.ArgumentParser, *, cfg: str = "0") -> None:
     """The :class:`AblationSpec` options of a CLI (``--t-samplers --grids --solvers --steps --cfg --seeds``)."""
-    ap.add_argument("--t-samplers", nargs="+", default=["uniform", "logit_normal"], help="e.g. uniform logit_normal:m=0,s=1")
+    ap.add_argument("--t-samplers", nargs="+", default=["uniform", "logit_normal"],
+                    help="e.g. uniform logit_normal:m=0,s=1")
     ap.add_argument("--grids", nargs="+", default=["linear", "cosine"], help="e.g. linear cosine sway:s=-0.5")
     ap.add_argument("--solvers", nargs="+", default=["euler"])
     ap.add_argument("--steps", default="1,2,4,8", type=lambda s: tuple(int(x) for x in s.split(",")))
@@ -252,7 +253,8 @@ def add_spec_arguments(ap: argparse.ArgumentParser, *, cfg: str = "0") -> None:
 
 def spec_from_args(args: argparse.Namespace) -> AblationSpec:
     """The spec of options added by :func:`add_spec_arguments`."""
-    return AblationSpec(tuple(args.t_samplers), tuple(args.grids), tuple(args.solvers), args.steps, args.cfg, args.seeds)
+    return AblationSpec(tuple(args.t_samplers), tuple(args.grids), tuple(args.solvers), args.steps, args.cfg,
+                        args.seeds)
 
 
 def main(argv=None):

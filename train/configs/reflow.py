@@ -27,7 +27,24 @@
    ``reflow.eval_steps``, plus the straightness ``S`` (:func:`fmjax.reflow.straightness`, masked) of both on the
    same sentences; logged and written to ``<workdir>/reflow_report.json``.
 
-RESULT_PLACEHOLDER
+Measured (tiny, this 2-core CPU shared with other jobs): the token2mel tiny teacher (800 steps, 11.5 min; its own
+evaluation at step 800: val mel L1 1.123 on 8 sentences); 576 + 64 couplings (2 per utterance, 32-step cosine
+Euler, CFG 0.7) in 50 s; the student 400 steps in 13.8 min. All 32 validation sentences, cosine grid, Euler,
+CosyVoice's fixed noise; teacher with CFG 0.7 (two estimator rows per step), student without CFG; speaker-mean
+baseline mel L1 1.436 / MCD 68.7:
+
+=====  ======================  ======================
+steps  teacher mel L1 / MCD    student mel L1 / MCD
+=====  ======================  ======================
+1      1.462 / 65.3            1.128 / 51.6
+2      1.179 / 53.6            1.129 / 51.7
+4      1.138 / 52.3            1.130 / 51.7
+10     1.132 / 51.9            1.131 / 51.8
+=====  ======================  ======================
+
+Straightness S on the same sentences (16 Euler steps, valid frames): teacher 0.120, student 0.0022 (55x
+straighter). At 2 steps the student beats the teacher (1.129 vs 1.179 mel L1); at 1 step it matches the teacher's
+10 steps. (At step 200 it was already 1.128 / 1.129 / 1.131 / 1.132, S 0.0030.)
 """
 
 from __future__ import annotations
@@ -45,6 +62,7 @@ import numpy as np
 
 from fmjax.ablate import parse_t_sampler
 from fmjax.cond import MelCond
+from fmjax.data.batching import collate
 from fmjax.loss import CFMLoss, LossDraws, prompt_prefix
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, init_flow_params
 from fmjax.paths import CondOTPath
@@ -52,7 +70,6 @@ from fmjax.reflow import CouplingStore, GridT, generate_couplings, straightness
 from fmjax.samplers import classifier_free_guidance, get_solver
 from fmjax.timesteps import time_grid
 from fmjax.token2mel import token2mel
-from fmjax.data.batching import collate
 from train.config import Config, OptimConfig, TrainConfig
 from train.configs import token2mel as token2mel_config
 from train.corpus_experiment import CorpusExperiment
@@ -223,7 +240,8 @@ class Reflow(CorpusExperiment):
             try:
                 teacher, self.teacher_params = load_flow(rc.teacher, ema=True)
             except (FileNotFoundError, ValueError) as e:
-                raise ValueError(f"reflow.teacher: expected a token2mel trainer workdir, got {rc.teacher!r} ({e})") from None
+                raise ValueError(f"reflow.teacher: expected a token2mel trainer workdir, got {rc.teacher!r} "
+                                 f"({e})") from None
             self.teacher_step = max(int(p.name) for p in (pathlib.Path(rc.teacher) / "checkpoints").iterdir()
                                     if p.name.isdigit())
             config = dataclasses.replace(config, model=ReflowModel(teacher.config))
@@ -280,7 +298,7 @@ class Reflow(CorpusExperiment):
     def make_shard(self, split: str, i: int) -> dict[str, np.ndarray]:
         """Shard ``i`` of ``split`` (a pure function of ``i``): padded to ``shard_size`` rows for the sampler's
         one compilation per bucket, the filler rows dropped before storing."""
-        rc, dc = self.config.reflow, self.config.data
+        rc = self.config.reflow
         width, idx = self.plan(split)[i]
         utts = self.corpus.train if split == "train" else self.corpus.valid
         b = collate(utts, idx + [idx[0]] * (rc.shard_size - len(idx)), width)
@@ -328,6 +346,7 @@ class Reflow(CorpusExperiment):
 
     def train_batches(self, seed: int, position: int):
         groups = self.couplings("train")
+        self.couplings("valid")  # all generation before the first step
         b = self.config.train.batch_size
         per_epoch = sum(g["x0"].shape[0] // b for g in groups)
         if per_epoch == 0:
