@@ -21,31 +21,32 @@ doubled batch.
 
 Measured (this 2-core CPU, shared): uniform vs logit-normal(0, 1) training t × linear vs cosine grid, Euler, CFG
 0.7, steps 1/2/4/8, seeds 0 and 1, all 32 validation sentences (speaker-mean baseline: mel L1 1.436, MCD 68.7).
-The tiny preset with **500 training steps** instead of 800 (4 models + 32 cells in 19 min; ``--set
-train.steps=500 --set train.ckpt_every=500 --set data.eval_sentences=32``); mean ± std over the 2 seeds:
+The tiny preset (800 training steps; 4 models + 32 cells in 23 min; ``--set train.steps=800 --set
+train.ckpt_every=800 --set data.eval_sentences=32``), mel L1, mean ± std over the 2 seeds:
 
 =============  ======  =============  =============  =============  =============
 train t        grid    1 step         2 steps        4 steps        8 steps
 =============  ======  =============  =============  =============  =============
-uniform        linear  1.468 ± 0.006  1.314 ± 0.014  1.238 ± 0.017  1.210 ± 0.017
-uniform        cosine  1.468 ± 0.006  1.243 ± 0.018  1.206 ± 0.014  1.202 ± 0.016
-logit-normal   linear  1.456 ± 0.013  1.336 ± 0.001  1.279 ± 0.000  1.254 ± 0.002
-logit-normal   cosine  1.456 ± 0.013  1.283 ± 0.003  1.248 ± 0.005  1.245 ± 0.004
+uniform        linear  1.466 ± 0.009  1.257 ± 0.012  1.162 ± 0.017  1.131 ± 0.015
+uniform        cosine  1.466 ± 0.009  1.168 ± 0.017  1.128 ± 0.014  1.123 ± 0.014
+logit-normal   linear  1.461 ± 0.017  1.281 ± 0.036  1.196 ± 0.039  1.163 ± 0.036
+logit-normal   cosine  1.461 ± 0.017  1.203 ± 0.037  1.160 ± 0.032  1.154 ± 0.033
 =============  ======  =============  =============  =============  =============
 
-(mel L1; MCD follows it: uniform/cosine 65.9 / 57.7 / 56.9 / 56.6, logit-normal/cosine 66.5 / 60.3 / 59.2 / 58.9.)
-Validation loss with uniform t, overall and per t-bin [0, 0.1) … [0.9, 1]: uniform 2.012 ± 0.069 (2.45 2.32 2.05
-1.97 2.00 1.95 1.86 1.84 1.85 1.86), logit-normal 1.983 ± 0.018 (2.61 2.33 2.02 1.92 1.93 1.88 1.79 1.78 1.79 1.81).
+MCD follows mel L1 (uniform/cosine 65.7 / 52.8 / 51.5 / 51.2, logit-normal/cosine 64.9 / 54.7 / 53.4 / 53.0).
+Validation loss with uniform t, overall and per t-bin [0, 0.1) … [0.9, 1]: uniform 1.818 ± 0.062 (2.22 2.13 1.86
+1.81 1.80 1.75 1.66 1.65 1.65 1.66), logit-normal 1.806 ± 0.049 (2.34 2.17 1.84 1.77 1.76 1.71 1.63 1.61 1.62 1.64).
 
-* **Grid**: cosine beats linear at 2 and 4 steps for both t-samplers, by several standard deviations (2 steps:
-  1.243 vs 1.314 uniform, 1.283 vs 1.336 logit-normal); the gap closes by 8 steps; at 1 step the two grids are
-  the same ``[0, 1]``.
-* **Training t**: here logit-normal does *not* help: it is worse than uniform at 2–8 steps on mel L1 and MCD
-  (by more than the spread of the 2 seeds) and level at 1 step (within it). Its validation loss is lower at mid and late t but
-  higher in the first bin (2.61 vs 2.45, t < 0.1, which it rarely trains on), the region the first Euler steps
-  of a cosine grid sample most.
-* With 300 training steps (an earlier run, models barely past the baseline: 1.41–1.59 mel L1) the ordering was
-  the same: cosine ≤ linear and uniform < logit-normal at every step count.
+* **Grid**: cosine beats linear at 2 and 4 steps for both t-samplers (2 steps: 1.168 vs 1.257 uniform, 1.203 vs
+  1.281 logit-normal; in every seed); the gap is small by 8 steps; at 1 step the two grids are the same ``[0, 1]``.
+* **Training t**: logit-normal does *not* help here. Paired by seed (same initialisation and batches), uniform has
+  the lower mel L1 at 2, 4 and 8 steps in all 12 comparisons (by 0.02–0.05; the means differ by about one
+  seed-std of logit-normal, whose seeds spread more); at 1 step logit-normal is level (lower in 1 of 2 seeds).
+  Its validation loss is lower at mid and late t but higher in the first bin (2.34 vs 2.22, t < 0.1, rarely
+  trained on) — the region where sampling starts and where a cosine grid puts its smallest steps.
+* The same ordering held with shorter training: 500 steps (19 min; uniform/cosine 1.468 / 1.243 / 1.206 / 1.202,
+  logit-normal/cosine 1.456 / 1.283 / 1.248 / 1.245; uniform lower in all 12 paired comparisons at 2–8 steps) and
+  300 steps (models barely past the baseline, 1.41–1.59).
 """
 
 from __future__ import annotations
