@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 
 from fmjax import ablate
-from fmjax.data.corpus import load_corpus, save_corpus
 from train import ablate_corpus
 from fmjax.timesteps import LogitNormal
 from train.ablate_corpus import CorpusDomain, Trained
 from train.configs import token2mel
 
+from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
+
 # A test-size flow on a micro corpus (2 speakers x 4 training + 1 validation utterances cut to 12..20 tokens).
 GET_CONFIG = token2mel.get_config
-SMALL_FLOW = token2mel._flow(d=32, heads=2, ff=64, blocks=1, up_blocks=1, channels=32, est_blocks=1, mid=1,
-                             est_heads=2, head_dim=16)
 SMALL = ["model.chunk_prob=0.0", "train.batch_size=4", "data.buckets=(24,)", "data.eval_sentences=2", "optim.lr=3e-3",
          "optim.ema_decay=0.5", "train.eval_every=0", "train.log_every=10"]
 
@@ -37,19 +36,7 @@ SPEC = ablate.AblationSpec(t_samplers=("logit_normal:m=0,s=1",), grids=("linear"
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    c, root = load_corpus(None), tmp_path_factory.mktemp("corpus")
-    records, mels, tokens = [], [], []
-    for s in range(2):
-        for split, utts, n in (("train", c.train, 4), ("valid", c.valid, 1)):
-            for i, u in enumerate([u for u in utts if u.speaker_index == s][:n]):
-                k = 12 + (3 * i + s) % 9
-                records.append({"id": u.id, "speaker": u.speaker, "text": u.text, "split": split})
-                mels.append(u.mel[: 2 * k])
-                tokens.append(u.tokens[:k])
-    save_corpus(root, config=c.config, vocab_size=c.vocab_size,
-                speakers={c.speakers[s]: c.spk_embeddings[s] for s in range(2)}, records=records, mels=mels,
-                tokens=tokens)
-    return root
+    return micro_corpus(tmp_path_factory.mktemp("corpus"), n_train=4, n_valid=1)
 
 
 def domain(workdir, corpus, steps: int) -> CorpusDomain:

@@ -5,7 +5,6 @@ and bad settings raise before anything is compiled."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import types
 
@@ -19,13 +18,13 @@ from fmjax.models.unet import UNetConfig
 from train.__main__ import main
 from train.config import apply_overrides
 from train.configs import matcha_decoder, token2mel
-from train.corpus_experiment import CorpusData, eval_pairs, speaker_mean_baseline, speaker_means
+from train.corpus_experiment import eval_pairs, speaker_mean_baseline, speaker_means
 from train.loop import run
 from train.metrics import read_metrics
 
+from tests.train.corpus_helpers import SMALL_FLOW
+
 # Test-size models (compile in seconds) and a short run: 4 rows of <= 48 tokens, a 2-sentence evaluation.
-SMALL_FLOW = token2mel._flow(d=32, heads=2, ff=64, blocks=1, up_blocks=1, channels=32, est_blocks=1, mid=1,
-                             est_heads=2, head_dim=16)
 SMALL_UNET = UNetConfig(spk_dim=16, cond_dim=80, channels=(32, 32), n_blocks=1, num_mid_blocks=1, num_heads=2,
                         head_dim=16)
 RUN = ["train.batch_size=4", "data.buckets=(48,)", "data.eval_sentences=2", "data.ode_steps=2",

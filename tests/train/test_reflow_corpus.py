@@ -13,7 +13,6 @@ import optax
 import pytest
 
 from fmjax.cond import MelCond
-from fmjax.data.corpus import load_corpus, save_corpus
 from fmjax.models.flow import CosyVoice2Flow, init_flow_params
 from fmjax.reflow import GridT
 from fmjax.samplers import classifier_free_guidance, sample
@@ -25,26 +24,7 @@ from train.loop import run
 from train.metrics import read_metrics
 from train.state import make_state
 
-SMALL_FLOW = token2mel._flow(d=32, heads=2, ff=64, blocks=1, up_blocks=1, channels=32, est_blocks=1, mid=1,
-                             est_heads=2, head_dim=16)
-
-
-def micro_corpus(root, n_train: int = 6, n_valid: int = 1):
-    """Two speakers of the shipped corpus, their first utterances cut to 12..20 tokens, written at ``root``."""
-    c = load_corpus(None)
-    records, mels, tokens = [], [], []
-    for s in range(2):
-        for split, utts, n in (("train", c.train, n_train), ("valid", c.valid, n_valid)):
-            for i, u in enumerate([u for u in utts if u.speaker_index == s][:n]):
-                k = 12 + (3 * i + s) % 9
-                records.append({"id": u.id, "speaker": u.speaker, "text": u.text, "split": split})
-                mels.append(u.mel[: 2 * k])
-                tokens.append(u.tokens[:k])
-    save_corpus(root, config=c.config, vocab_size=c.vocab_size,
-                speakers={c.speakers[s]: c.spk_embeddings[s] for s in range(2)}, records=records, mels=mels,
-                tokens=tokens)
-    return root
-
+from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
