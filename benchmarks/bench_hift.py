@@ -18,7 +18,6 @@ import argparse
 import os
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp

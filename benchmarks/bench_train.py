@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from common import print_table, time_call, time_compile, write_json  # noqa: E402
+from common import print_table, time_compile, time_train_steps, write_json  # noqa: E402
 
 from train.config import apply_overrides  # noqa: E402
 from train.experiment import load_experiment  # noqa: E402
@@ -60,14 +60,7 @@ def bench_step(module, cfg, *, steps: int, repeats: int, frames_leaf: str | None
     if frames_leaf:
         frames = float(np.mean([np.sum(b[frames_leaf]) for b in host]))
 
-    def window():
-        nonlocal state
-        for i in range(steps):
-            state, metrics = step(state, batches[i % len(batches)], key)
-        return metrics
-
-    t = time_call(window, repeats=repeats)
-    per_step = t["median_s"] / steps
+    t, per_step = time_train_steps(step, state, batches, key, steps=steps, repeats=repeats)
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     row = {
         "params": n_params, "batch": tc.batch_size, "dtype": tc.compute_dtype, "devices": mesh.size,

@@ -48,7 +48,7 @@ def measure(case: str, steps: int, repeats: int) -> dict:
     """One case in this process: build, compile, time ``repeats`` windows of ``steps`` steps."""
     import jax
     import numpy as np
-    from common import time_call, time_compile
+    from common import time_compile, time_train_steps
 
     from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, init_flow_params
     from fmjax.token2mel import COSYVOICE2_LOSS, flow_loss
@@ -83,14 +83,7 @@ def measure(case: str, steps: int, repeats: int) -> dict:
     batches = [shard_batch(b, mesh) for b in host]
     compile_s = time_compile(step, state, batches[0], key)
 
-    def window():
-        nonlocal state
-        for i in range(steps):
-            state, metrics = step(state, batches[i % len(batches)], key)
-        return metrics
-
-    t = time_call(window, repeats=repeats)
-    per_step = t["median_s"] / steps
+    t, per_step = time_train_steps(step, state, batches, key, steps=steps, repeats=repeats)
     used = [batches[i % len(batches)] for i in range(steps)]
     frames = float(np.mean([b["mel_mask"].size for b in used]))
     valid = float(np.mean([np.sum(b["mel_mask"]) for b in used]))

@@ -36,6 +36,20 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) ->
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
 
 
+def time_train_steps(step, state, batches: Sequence, key, *, steps: int, repeats: int) -> tuple[dict, float]:
+    """Times windows of ``steps`` calls ``state, metrics = step(state, batches[i % len(batches)], key)`` (the state
+    threaded through, as in training; a donated state is consumed). Returns ``(time_call's dict, median s/step)``."""
+    holder = [state]
+
+    def window():
+        for i in range(steps):
+            holder[0], metrics = step(holder[0], batches[i % len(batches)], key)
+        return metrics
+
+    t = time_call(window, repeats=repeats)
+    return t, t["median_s"] / steps
+
+
 def time_compile(jitted, *args, **kwargs) -> float:
     """Seconds to lower and compile ``jitted`` for these arguments (no execution)."""
     t0 = time.perf_counter()
