@@ -2,7 +2,8 @@
 
 Samplers, CFG and the CFM loss treat the condition as an opaque pytree with a leading batch axis on every
 leaf. Mel decoders (Matcha, CosyVoice 1/2/3) share this one: it carries the frame mask too, because the
-mask must travel with its rows when classifier-free guidance doubles the batch.
+mask must travel with its rows when classifier-free guidance doubles the batch, and so does the per-row chunk
+attention spec (:class:`fmjax.nn.masks.ChunkSpec`): chunk masks are data that rides with the condition.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fmjax.nn.masks import ChunkSpec
 from fmjax.typing import Array, Float
 
 
@@ -24,16 +26,21 @@ class MelCond(NamedTuple):
       prompt: ``[b, t, m]`` prompt-prefix condition (CosyVoice's ``cond``): prompt mel in the first
         frames, zeros elsewhere.
       mask: ``[b, t]`` 1 at valid frames. Never dropped by CFG.
+      chunk: ``None`` (full context) or a :class:`~fmjax.nn.masks.ChunkSpec` of per-row chunk sizes in frames
+        (the estimator's attention masks). Never dropped by CFG. Ignored by a streaming step, whose chunks are
+        fixed by the estimator config and its cache.
     """
 
     mu: Float[Array, "b t m"]
     spks: Float[Array, "b s"]
     prompt: Float[Array, "b t m"]
     mask: Float[Array, "b t"]
+    chunk: ChunkSpec | None = None
 
     def null(self) -> "MelCond":
-        """The unconditional twin used by classifier-free guidance: mu, spks and prompt zeroed, mask kept."""
-        return MelCond(jnp.zeros_like(self.mu), jnp.zeros_like(self.spks), jnp.zeros_like(self.prompt), self.mask)
+        """The unconditional twin used by classifier-free guidance: mu, spks and prompt zeroed, mask and chunk kept."""
+        return MelCond(jnp.zeros_like(self.mu), jnp.zeros_like(self.spks), jnp.zeros_like(self.prompt), self.mask,
+                       self.chunk)
 
 
 def null_condition(cond):
@@ -46,13 +53,17 @@ def null_condition(cond):
 
 
 def check_estimator_call(
-    x, cond, t, *, mel_dim: int, mu_dim: int, spk_dim: int, cond_dim: int, streaming, cache, chunk_size: int
-) -> Float[Array, "b"]:
-    """The input checks every mel estimator makes (in Python, before tracing); returns ``t`` as ``[b]``.
+    x, cond, t, *, mel_dim: int, mu_dim: int, spk_dim: int, cond_dim: int, cache, chunk_size: int,
+    num_left_chunks: int = -1, streaming=None,
+) -> tuple[Float[Array, "b"], "MelCond"]:
+    """The input checks every mel estimator makes (in Python, before tracing); returns ``(t [b], cond)``.
 
-    Checks ``x [b, t, mel_dim]``, the shapes of ``cond``'s leaves against it, ``t`` (``[b]`` or a scalar),
-    ``streaming`` (a static bool, never combined with a cache) and, for a streaming step (``cache`` given), that
-    the chunk has at most ``chunk_size`` frames. The cache's own type and layout are the estimator's to check.
+    Checks ``x [b, t, mel_dim]``, the shapes of ``cond``'s leaves against it (``cond.chunk`` too), ``t`` (``[b]`` or a
+    scalar) and, for a streaming step (``cache`` given), that the chunk has at most ``chunk_size`` frames. The cache's
+    own type and layout are the estimator's to check.
+
+    ``streaming`` is the deprecated offline flag of earlier versions: ``True`` becomes
+    ``cond.chunk = ChunkSpec.chunked(b, chunk_size, num_left_chunks)`` (data), ``False`` leaves ``cond`` alone.
     """
     if not isinstance(cond, MelCond):
         raise TypeError(f"cond: expected a fmjax.cond.MelCond, got {type(cond).__name__}")
@@ -73,14 +84,25 @@ def check_estimator_call(
         t = jnp.broadcast_to(t, (b,))
     if t.shape != (b,):
         raise ValueError(f"t: expected shape [{b}] or a scalar, got {t.shape}")
-    if not isinstance(streaming, bool):
-        raise TypeError(f"streaming: expected a Python bool (static), got {type(streaming).__name__}")
-    if cache is not None:
+    if streaming is not None:
+        if not isinstance(streaming, bool):
+            raise TypeError(f"streaming: expected a Python bool (deprecated; pass cond.chunk), got "
+                            f"{type(streaming).__name__}")
+        if streaming and cond.chunk is not None:
+            raise ValueError("streaming: give either cond.chunk or the deprecated streaming=True, not both")
         if streaming:
-            raise ValueError("streaming: a streaming step (cache given) is always chunk-masked; leave it False")
+            cond = cond._replace(chunk=ChunkSpec.chunked(b, chunk_size, num_left_chunks))
+    if cond.chunk is not None:
+        if not isinstance(cond.chunk, ChunkSpec):
+            raise TypeError(f"cond.chunk: expected a fmjax.nn.masks.ChunkSpec or None, got {type(cond.chunk).__name__}")
+        cond.chunk.check(b, "cond.chunk")
+    if cache is not None:
+        if cond.chunk is not None:
+            raise ValueError("cond.chunk: a streaming step (cache given) uses the config's chunks "
+                             f"(chunk_size={chunk_size}, num_left_chunks={num_left_chunks}); pass chunk=None")
         if n > chunk_size:
             raise ValueError(f"x: a streaming chunk has at most chunk_size={chunk_size} frames, got {n}")
-    return t
+    return t, cond
 
 
 def pad_chunk(x: Float[Array, "b n m"], cond: MelCond, chunk_size: int) -> tuple[Float[Array, "b C m"], MelCond]:
@@ -91,4 +113,4 @@ def pad_chunk(x: Float[Array, "b n m"], cond: MelCond, chunk_size: int) -> tuple
         return x, cond
     pad = ((0, 0), (0, chunk_size - n), (0, 0))
     return jnp.pad(x, pad), MelCond(jnp.pad(cond.mu, pad), cond.spks, jnp.pad(cond.prompt, pad),
-                                    jnp.pad(cond.mask, pad[:2]))
+                                    jnp.pad(cond.mask, pad[:2]), cond.chunk)

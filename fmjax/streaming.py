@@ -22,7 +22,7 @@ from fmjax.samplers import Solver, get_solver, rk_step_cached
 from fmjax.timesteps import validate_grid
 from fmjax.typing import Array, Float, Int, PyTree
 
-__all__ = ["init_sampler_caches", "sample_chunk", "take_frames", "cache_nbytes"]
+__all__ = ["init_sampler_caches", "sample_chunk", "take_frames", "cache_nbytes", "keep_idle_rows", "check_cache_shapes"]
 
 
 def init_sampler_caches(estimator_cache: PyTree, n_steps: int, solver: str | Solver = "euler") -> PyTree:
@@ -94,3 +94,32 @@ def take_frames(noise: Float[Array, "T ..."], start: Int[Array, ""], length: int
 def cache_nbytes(cache: PyTree) -> int:
     """Bytes held by a cache pytree (constant over a stream by construction)."""
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(cache)))
+
+
+def keep_idle_rows(active: Array, new_cache: PyTree, old_cache: PyTree) -> PyTree:
+    """``new_cache`` with the rows that had nothing to compute (``active [b]`` False) reset to ``old_cache``.
+
+    K/V ring buffers (:class:`fmjax.nn.attention.KVCache`) are passed through untouched: an idle row's write leaves
+    them correct by construction (see :mod:`fmjax.nn.attention`), so the large buffers are never copied; every other
+    leaf (conv histories, small per-row state) must have the batch axis first and is selected row by row.
+    """
+    from fmjax.nn.attention import KVCache  # the streaming core does not import the nn blocks at module level
+
+    def select(new, old):
+        if isinstance(new, KVCache):
+            return new
+        return jnp.where(active.reshape((-1,) + (1,) * (jnp.ndim(new) - 1)), new, old)
+
+    return jax.tree_util.tree_map(select, new_cache, old_cache, is_leaf=lambda a: isinstance(a, KVCache))
+
+
+def check_cache_shapes(cache: PyTree, expected: PyTree, what: str, name: str = "cache") -> None:
+    """Raises ``ValueError`` unless ``cache`` has the structure, leaf shapes and dtypes of ``expected`` (e.g. the
+    ``jax.eval_shape`` of the module's ``init_cache``); ``what`` describes the expected configuration."""
+    if jax.tree_util.tree_structure(cache) != jax.tree_util.tree_structure(expected):
+        raise ValueError(f"{name}: its structure does not match init_cache ({what}); was it made for another "
+                         "model or configuration?")
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree_util.tree_leaves(cache)):
+        if tuple(jnp.shape(got)) != tuple(want.shape) or jnp.result_type(got) != want.dtype:
+            raise ValueError(f"{name}{jax.tree_util.keystr(path)}: expected {want.dtype}{list(want.shape)} "
+                             f"({what}), got {jnp.result_type(got)}{list(jnp.shape(got))}")

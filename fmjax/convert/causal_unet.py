@@ -1,7 +1,7 @@
 """CosyVoice2 ``CausalConditionalDecoder`` state dict -> (:class:`CausalUNetConfig`, Flax params).
 
 Torch names (``decoder.estimator.`` in ``flow.pt``, or none) map as follows (``<S>`` = ``down_blocks.0``,
-``mid_blocks.<i>``, ``up_blocks.0``; mid stages are stacked on a leading axis under ``mid``):
+``mid_blocks.<i>``, ``up_blocks.0``; ``<stage>`` = ``down``, ``mid_<i>``, ``up``):
 
 ===========================================  ==============================================
 torch                                        Flax
@@ -24,9 +24,6 @@ chunk size and the left-chunk count are not in the weights and are arguments.
 from __future__ import annotations
 
 import re
-
-import jax
-import numpy as np
 
 from fmjax.convert.common import StateDictReader, float32_params, load_state_dict
 from fmjax.models.causal_unet import CausalUNetConfig
@@ -104,12 +101,12 @@ def convert_causal_unet(
                      "linear_2": linear("time_mlp.linear_2", te, te)},
         "down": stage("down_blocks.0", cfg.in_channels),
         "down_conv": conv("down_blocks.0.2", d, d, 3),
-        "mid": jax.tree_util.tree_map(lambda *a: np.stack(a), *mids),
         "up": stage("up_blocks.0", 2 * d),
         "up_conv": conv("up_blocks.0.2", d, d, 3),
         "final_block": block("final_block", d),
         "final_proj": conv("final_proj", d, cfg.mel_dim, 1),
     }
+    params.update({f"mid_{i}": stage_params for i, stage_params in enumerate(mids)})
     r.finish()
     return cfg, float32_params(params)
 

@@ -1,7 +1,7 @@
 """CosyVoice3 / F5-TTS ``DiT`` state dict -> (:class:`DiTConfig`, Flax params).
 
-Torch names (``decoder.estimator.`` in a CosyVoice3 ``flow.pt``, or none) map as follows (blocks are stacked on a
-leading ``depth`` axis under ``blocks``):
+Torch names (``decoder.estimator.`` in a CosyVoice3 ``flow.pt``, or none) map as follows (one param tree per
+block, ``blocks_<i>``):
 
 =====================================================  ==================================================
 torch                                                  Flax
@@ -9,9 +9,9 @@ torch                                                  Flax
 ``time_embed.time_mlp.0`` / ``.2``                     ``time_embed/linear_1`` / ``linear_2``
 ``input_embed.proj``                                   ``input_proj``
 ``input_embed.conv_pos_embed.conv{1,2}.0``             ``conv_pos/conv{1,2}``
-``transformer_blocks.<i>.attn_norm.linear``            ``blocks/mod``
-``transformer_blocks.<i>.attn.to_{q,k,v}``, ``to_out.0``  ``blocks/attn/to_{q,k,v}``, ``blocks/attn/to_out``
-``transformer_blocks.<i>.ff.ff.0.0`` / ``ff.ff.2``     ``blocks/ff/proj_in`` / ``proj_out``
+``transformer_blocks.<i>.attn_norm.linear``            ``blocks_<i>/mod``
+``transformer_blocks.<i>.attn.to_{q,k,v}``, ``to_out.0``  ``blocks_<i>/attn/to_{q,k,v}``, ``/to_out``
+``transformer_blocks.<i>.ff.ff.0.0`` / ``ff.ff.2``     ``blocks_<i>/ff/proj_in`` / ``proj_out``
 ``norm_out.linear``, ``proj_out``                      ``norm_out``, ``proj_out``
 ``rotary_embed.inv_freq``                              checked against ``10000^(-2k/dim_head)``, not stored
 =====================================================  ==================================================
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 
-import jax
 import numpy as np
 
 from fmjax.convert.common import StateDictError, StateDictReader, float32_params, load_state_dict
@@ -86,10 +85,10 @@ def convert_dit(
         "input_proj": linear("input_embed.proj", cfg.in_channels, d),
         "conv_pos": {"conv1": conv("input_embed.conv_pos_embed.conv1.0"),
                      "conv2": conv("input_embed.conv_pos_embed.conv2.0")},
-        "blocks": jax.tree_util.tree_map(lambda *a: np.stack(a), *[block(i) for i in range(cfg.depth)]),
         "norm_out": linear("norm_out.linear", d, 2 * d),
         "proj_out": linear("proj_out", d, cfg.mel_dim),
     }
+    params.update({f"blocks_{i}": block(i) for i in range(cfg.depth)})
     r.finish()
     expected = rotary_inv_freq(cfg.dim_head)
     if not np.allclose(inv_freq, expected, rtol=1e-6, atol=0):

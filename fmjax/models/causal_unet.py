@@ -8,18 +8,23 @@ Layout (SPEC §4 of the CosyVoice2 reference, channels last):
 pack           ``[x | mu | spks broadcast over t | prompt]`` → ``[b, t, in_channels]``
 ``down``       causal resnet (in → channels) + ``n_blocks`` transformer blocks; kept as the skip
 ``down_conv``  causal conv k=3 on ``h·mask``
-``mid``        ``num_mid_blocks`` × (causal resnet + ``n_blocks`` transformer blocks) with stacked params: one
-               ``lax.scan`` offline; unrolled in the streaming step (per-stage ring buffers, updated in place)
+``mid_<i>``    ``num_mid_blocks`` × (causal resnet + ``n_blocks`` transformer blocks), one param tree per stage
+               (torch ``mid_blocks.<i>``), the same layout offline and streaming
 ``up``         causal resnet on ``[h | skip]`` (current first) + ``n_blocks`` transformer blocks
 ``up_conv``    causal conv k=3 on ``h·mask``
 ``final``      :class:`~fmjax.nn.unet_blocks.CausalBlock1D`, then ``final_proj`` 1×1 on ``h·mask``, ``·mask``
 =============  ==========================================================================================
 
-Every transformer block uses the same mask: key padding (offline, ``streaming=False``) or key padding and
-the chunk mask of ``chunk_size`` frames with ``num_left_chunks`` (``streaming=True``). The streaming step
-(``cache`` given) runs one chunk of at most ``chunk_size`` frames (a shorter one is padded and masked) and
-returns the same frames as the offline chunk-masked forward; see :func:`fmjax.nn.attention.cached_attention`
-for the window needed.
+Every transformer block uses the same mask, built once at the top from data: key padding, plus the per-row
+chunks of ``cond.chunk`` (a :class:`~fmjax.nn.masks.ChunkSpec` in frames; None = full context). Chunk-masked,
+full-context and mixed batches therefore share one compiled program. The streaming step (``cache`` given) runs
+one chunk of at most ``chunk_size`` frames per row (a shorter one is padded and masked) at each row's own stream
+position, and returns the same frames as the offline forward with ``ChunkSpec.chunked(b, chunk_size,
+num_left_chunks)``; see :func:`fmjax.nn.attention.cached_attention` for the window needed. A row whose chunk has
+no valid frame is idle: its cache does not change.
+
+Returns (every streaming-capable module of fmjax): ``(v, cache)`` — ``cache`` None offline — and with
+``return_aux=True`` ``(v, cache, aux)``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fmjax.cond import MelCond, check_estimator_call, pad_chunk
 from fmjax.nn.attention import KVCache, init_kv_cache
@@ -38,7 +44,7 @@ from fmjax.nn.embeddings import TimestepEmbedding, sinusoidal_embedding
 from fmjax.nn.masks import attention_mask
 from fmjax.nn.transformer import FF_ACTIVATIONS, TransformerBlock
 from fmjax.nn.unet_blocks import CausalBlock1D, ResnetBlock1D, ResnetCache
-from fmjax.streaming import cache_nbytes
+from fmjax.streaming import cache_nbytes, check_cache_shapes, keep_idle_rows
 from fmjax.typing import Array, Float
 
 
@@ -118,12 +124,12 @@ class CausalUNetCache(NamedTuple):
 
 
 class _Stage(nn.Module):
-    """Causal resnet + ``n_blocks`` transformer blocks; returns ``(h, (cache, aux))`` (a scan body)."""
+    """Causal resnet + ``n_blocks`` transformer blocks: ``(h, cache)``, with ``return_aux`` ``(h, cache, aux)``."""
 
     config: CausalUNetConfig
 
     @nn.compact
-    def __call__(self, h, mask, t_emb, attn_mask, valid, cache):
+    def __call__(self, h, mask, t_emb, attn_mask, valid, cache=None, *, return_aux=False):
         cfg = self.config
         h, resnet_cache = ResnetBlock1D(cfg.channels, causal=True, name="resnet")(
             h, mask, t_emb, None if cache is None else cache.resnet
@@ -139,11 +145,11 @@ class _Stage(nn.Module):
             attn_caches.append(c)
             aux[f"tf{j}"] = h
         new_cache = None if cache is None else StageCache(resnet_cache, tuple(attn_caches))
-        return h, (new_cache, aux)
+        return (h, new_cache, aux) if return_aux else (h, new_cache)
 
 
 class CausalConditionalDecoder(nn.Module):
-    """CosyVoice2 estimator. ``apply(params, x, cond, t)`` → ``(v, aux)``;
+    """CosyVoice2 estimator. ``apply(params, x, cond, t)`` → ``(v, None)``;
     ``apply(params, x_chunk, cond_chunk, t, cache)`` → ``(v_chunk, new_cache)``.
     """
 
@@ -157,26 +163,29 @@ class CausalConditionalDecoder(nn.Module):
         t: Float[Array, "b"],
         cache: CausalUNetCache | None = None,
         *,
-        streaming: bool = False,
+        return_aux: bool = False,
+        streaming: bool | None = None,
     ):
         """Velocity of the flow at time ``t``.
 
         Args:
           x: ``[b, t, m]`` noisy mel (a chunk of ``t <= chunk_size`` frames when streaming).
           cond: :class:`~fmjax.cond.MelCond` with ``mu [b, t, mu_dim]``, ``spks [b, spk_dim]``,
-            ``prompt [b, t, cond_dim]``, ``mask [b, t]`` (for a chunk: the chunk's frames).
+            ``prompt [b, t, cond_dim]``, ``mask [b, t]`` (for a chunk: the chunk's frames) and, offline,
+            ``chunk``: per-row chunk attention in frames (None = full context).
           t: ``[b]`` (or scalar) flow time.
           cache: None for the offline forward; a :class:`CausalUNetCache` from :meth:`init_cache` (or the
             previous step) for one streaming step.
-          streaming: offline only, static: chunk-masked attention (True) or full context (False).
+          return_aux: also return the intermediates ``t_emb``, ``down.resnet``, ``down.tf<j>``, ``down_conv``,
+            ``mid<i>.resnet``, ``mid<i>.tf<j>``, ``up.resnet``, ``up.tf<j>``, ``up_conv``, ``final_block``.
+          streaming: deprecated (offline only): ``True`` = ``cond.chunk`` of ``chunk_size`` frames and
+            ``num_left_chunks`` for every row.
 
         Returns:
-          Offline: ``(v [b, t, m], aux)`` with ``aux`` the intermediates ``t_emb``, ``down.resnet``,
-          ``down.tf<j>``, ``down_conv``, ``mid<i>.resnet``, ``mid<i>.tf<j>``, ``up.resnet``, ``up.tf<j>``,
-          ``up_conv``, ``final_block``. Streaming: ``(v_chunk [b, t, m], new_cache)``.
+          ``(v [b, t, m], new_cache)`` (``new_cache`` None offline); with ``return_aux``, ``(v, new_cache, aux)``.
         """
         cfg = self.config
-        t = self._check(x, cond, t, cache, streaming)
+        t, cond = self._check(x, cond, t, cache, streaming)
         b, n = x.shape[:2]
         if cache is not None:  # a partial last chunk is padded to C frames, masked
             x, cond = pad_chunk(x, cond, cfg.chunk_size)
@@ -188,75 +197,62 @@ class CausalConditionalDecoder(nn.Module):
         h = jnp.concatenate([x, cond.mu.astype(x.dtype), spks, cond.prompt.astype(x.dtype)], axis=-1)  # [b, t, in]
 
         if cache is None:
-            attn_mask = attention_mask(mask, cfg.chunk_size if streaming else 0, cfg.num_left_chunks)
-            valid = None
+            attn_mask, valid = attention_mask(mask, cond.chunk), None  # [b, t, t] or [b, 1, t]
         else:
             attn_mask, valid = None, mask > 0  # [b, C]
-        c = cache if cache is not None else CausalUNetCache(*(None,) * 6)
+        c = cache if cache is not None else CausalUNetCache(None, None, (None,) * cfg.num_mid_blocks, None, None,
+                                                            None)
+        aux = {"t_emb": t_emb}
 
         def masked(a):
             return a * mask[..., None]
 
-        h, (down_cache, down_aux) = _Stage(cfg, name="down")(h, mask, t_emb, attn_mask, valid, c.down)
+        def stage(name, h, stage_cache):
+            out = _Stage(cfg, name=name)(h, mask, t_emb, attn_mask, valid, stage_cache, return_aux=return_aux)
+            if return_aux:
+                aux.update({f"{name.replace('_', '')}.{k}": a for k, a in out[2].items()})
+            return out[0], out[1]
+
+        h, down_cache = stage("down", h, c.down)
         skip = h
         h, down_conv_cache = CausalConv1d(cfg.channels, 3, name="down_conv")(masked(h), c.down_conv)
-        down_conv = h
-        if cache is None:  # one scan over the stacked params of the identical mid stages
-            mid = nn.scan(
-                _Stage,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
-                length=cfg.num_mid_blocks,
-            )(cfg, name="mid")
-            h, (mid_cache, mid_aux) = mid(h, mask, t_emb, attn_mask, valid, None)
-        else:
-            h, mid_cache = self._mid_step(h, mask, t_emb, valid, c.mid)
+        aux["down_conv"] = h
+        mid_caches = []
+        for i in range(cfg.num_mid_blocks):
+            h, mid_cache = stage(f"mid_{i}", h, c.mid[i])
+            mid_caches.append(mid_cache)
         h = jnp.concatenate([h, skip], axis=-1)  # [b, t, 2·channels]
-        h, (up_cache, up_aux) = _Stage(cfg, name="up")(h, mask, t_emb, attn_mask, valid, c.up)
+        h, up_cache = stage("up", h, c.up)
         h, up_conv_cache = CausalConv1d(cfg.channels, 3, name="up_conv")(masked(h), c.up_conv)
-        up_conv = h
+        aux["up_conv"] = h
         h, final_cache = CausalBlock1D(cfg.channels, name="final_block")(h, mask, c.final_block)
+        aux["final_block"] = h
         v = masked(Conv1d(cfg.mel_dim, 1, name="final_proj")(masked(h)))  # [b, t, m]
 
+        new_cache = None
         if cache is not None:
-            new_cache = CausalUNetCache(down_cache, down_conv_cache, mid_cache, up_cache, up_conv_cache, final_cache)
-            return v[:, :n], new_cache
-        aux = {"t_emb": t_emb, "down_conv": down_conv, "up_conv": up_conv, "final_block": h}
-        aux.update({f"down.{k}": a for k, a in down_aux.items()})
-        aux.update({f"up.{k}": a for k, a in up_aux.items()})
-        for i in range(cfg.num_mid_blocks):
-            aux.update({f"mid{i}.{k}": a[i] for k, a in mid_aux.items()})
-        return v, aux
-
-    def _mid_step(self, h, mask, t_emb, valid, caches):
-        """Streaming step through the mid stages, unrolled: each stage keeps its own ring buffers, updated in
-        place, where a scan would copy every buffer in and out. Params: the stacked ``mid`` (sliced here) or,
-        cheaper per step, the per-stage ``mid`` of :func:`split_mid_params`."""
-        mid = self.variables["params"]["mid"]
-        stage = _Stage(self.config, parent=None)
-        new_caches = []
-        for i, stage_cache in enumerate(caches):
-            params_i = mid[str(i)] if str(i) in mid else jax.tree_util.tree_map(lambda a, i=i: a[i], mid)
-            h, (stage_cache, _) = stage.apply({"params": params_i}, h, mask, t_emb, None, valid, stage_cache)
-            new_caches.append(stage_cache)
-        return h, tuple(new_caches)
+            v = v[:, :n]
+            new_cache = CausalUNetCache(down_cache, down_conv_cache, tuple(mid_caches), up_cache, up_conv_cache,
+                                        final_cache)
+            new_cache = keep_idle_rows(jnp.any(valid, axis=1), new_cache, cache)  # idle rows keep their state
+        return (v, new_cache, aux) if return_aux else (v, new_cache)
 
     @nn.nowrap
     def init_cache(self, batch: int, window: int, dtype=jnp.float32) -> CausalUNetCache:
-        """Empty streaming state: zero conv histories and empty K/V ring buffers of ``window`` frames.
+        """Empty streaming state: zero conv histories and empty K/V ring buffers of ``window`` frames, every row at
+        position 0.
 
         ``window`` must hold the visible context: at least ``(L + 1)·C`` frames for ``L`` left chunks, at least
         ``C`` for ``L = -1`` (exact while the stream is no longer than ``window``). Shape-only: it builds no
         submodules and its size never depends on how far the stream goes.
         """
         cfg = self.config
-        if batch < 1:
-            raise ValueError(f"batch: expected >= 1, got {batch}")
-        if window < cfg.min_window():
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+        if not isinstance(window, (int, np.integer)) or window < cfg.min_window():
             raise ValueError(
                 f"window: expected at least {cfg.min_window()} frames for chunk_size={cfg.chunk_size} and "
-                f"num_left_chunks={cfg.num_left_chunks}, got {window}"
+                f"num_left_chunks={cfg.num_left_chunks}, got {window!r}"
             )
         d = cfg.channels
 
@@ -275,39 +271,46 @@ class CausalConditionalDecoder(nn.Module):
         """Bytes of the streaming state from :meth:`init_cache` (computed from shapes; nothing is allocated)."""
         return cache_nbytes(jax.eval_shape(lambda: self.init_cache(batch, window, dtype)))
 
-    def _check(self, x, cond, t, cache, streaming) -> Array:
+    def _check(self, x, cond, t, cache, streaming):
         cfg = self.config
-        t = check_estimator_call(x, cond, t, mel_dim=cfg.mel_dim, mu_dim=cfg.mu_dim, spk_dim=cfg.spk_dim,
-                                 cond_dim=cfg.cond_dim, streaming=streaming, cache=cache, chunk_size=cfg.chunk_size)
+        t, cond = check_estimator_call(
+            x, cond, t, mel_dim=cfg.mel_dim, mu_dim=cfg.mu_dim, spk_dim=cfg.spk_dim, cond_dim=cfg.cond_dim,
+            cache=cache, chunk_size=cfg.chunk_size, num_left_chunks=cfg.num_left_chunks, streaming=streaming,
+        )
+        params = self.variables.get("params", {})
+        if "mid" in params:
+            raise ValueError("params: the decoder's mid stages are stacked under 'mid' (the layout of fmjax < 0.2); "
+                             "convert them with fmjax.models.causal_unet.unstack_mid_params")
         b = x.shape[0]
         if cache is None:
-            if "0" in self.variables.get("params", {}).get("mid", {}):
-                raise ValueError("params: the offline forward needs the stacked mid params, not split_mid_params'")
-            return t
+            return t, cond
         if not isinstance(cache, CausalUNetCache):
             raise TypeError(f"cache: expected a CausalUNetCache from init_cache, got {type(cache).__name__}")
-        keys = cache.down.attn[0].keys
-        if keys.shape[0] != b:
+        keys = cache.down.attn[0].keys if cache.down.attn else None
+        if keys is not None and keys.shape[0] != b:
             raise ValueError(f"cache: built for batch {keys.shape[0]}, but x has batch {b}")
-        if (
-            keys.shape[2:] != (cfg.num_heads, cfg.head_dim)
-            or len(cache.down.attn) != cfg.n_blocks
-            or len(cache.mid) != cfg.num_mid_blocks
-        ):
-            raise ValueError(f"cache: K/V shape {keys.shape} does not match the config {cfg}")
-        return t
+        window = cache.down.attn[0].pos.shape[1] if cache.down.attn else cfg.min_window()
+        dtype = cache.down.resnet.block1.history.dtype
+        check_cache_shapes(cache, jax.eval_shape(lambda: self.init_cache(b, window, dtype)),
+                           f"batch {b}, window {window}")
+        return t, cond
 
 
-def split_mid_params(variables: dict) -> dict:
-    """Variables whose stacked ``mid`` params are split into per-stage trees ``mid/"0"``, ``mid/"1"``, ...
-
-    For the streaming step only (the offline forward scans the stacked form): it then reads each stage's
-    weights in place instead of slicing ~240 MB out of the stack at every chunk (full-size model).
-    """
+def unstack_mid_params(variables: dict) -> dict:
+    """Variables of the fmjax < 0.2 layout (mid stages stacked under ``mid``, or split as ``mid/"<i>"``) in the
+    current one (``mid_<i>``, one tree per stage); the current layout passes through unchanged."""
     params = dict(variables["params"])
-    mid = params["mid"]
-    if "0" in mid:
+    if "mid" not in params:
         return variables
-    n = jax.tree_util.tree_leaves(mid)[0].shape[0]
-    params["mid"] = {str(i): jax.tree_util.tree_map(lambda a, i=i: a[i], mid) for i in range(n)}
+    mid = params.pop("mid")
+    if "0" in mid:
+        stages = [mid[str(i)] for i in range(len(mid))]
+    else:
+        n = jax.tree_util.tree_leaves(mid)[0].shape[0]
+        stages = [jax.tree_util.tree_map(lambda a, i=i: a[i], mid) for i in range(n)]
+    params.update({f"mid_{i}": stage for i, stage in enumerate(stages)})
     return {**variables, "params": params}
+
+
+split_mid_params = unstack_mid_params
+"""Deprecated alias: the streaming step and the offline forward now share the per-stage layout."""

@@ -5,14 +5,20 @@ The pieces compose so that other estimators reuse them:
 * :func:`dot_product_attention` — softmax attention of already projected ``q/k/v`` with a boolean mask
   and/or an additive bias (e.g. relative-position logits);
 * :class:`KVCache` + :func:`kv_cache_write` — a ring buffer of ``w`` slots holding keys/values and the
-  absolute frame position of each slot (``-1`` = empty or padded), plus the stream position ``count``;
+  absolute frame position of each slot (``-1`` = empty or padded), plus each row's stream position ``count``
+  (``int32[b]``: rows of one batch may stand at different positions);
 * :func:`cached_attention` — one streaming step: write the chunk, build the chunk mask from absolute
   positions (:func:`fmjax.nn.masks.chunk_visibility`), attend over the ``w`` slots.
 
 A step attends over the ring *after* writing the current chunk, so the ring holds the chunk plus ``w - c``
 earlier frames. With ``L`` left chunks a step is exact when ``w >= (L + 1)·C``; with ``L = -1`` it is exact
 as long as the stream is at most ``w`` frames long (later it is a sliding window of ``w`` frames).
-Every shape is fixed by ``(b, w, h, k)``: the stream position lives in int32 arrays, never in Python.
+Every shape is fixed by ``(b, w, h, k)``: the stream positions live in int32 arrays, never in Python.
+
+**Idle rows.** A row whose chunk has no valid frame does not advance: its ``count`` stays, and its chunk is
+written as empty slots (position ``-1``) into exactly the slots that the row's next real chunk overwrites
+before it attends, so nothing it will ever see is lost. A batched step can therefore carry rows that have
+nothing to compute without copying their buffers.
 """
 
 from __future__ import annotations
@@ -34,29 +40,30 @@ class KVCache(NamedTuple):
       keys: ``[b, w, h, k]``.
       values: ``[b, w, h, k]``.
       pos: ``[b, w]`` int32 absolute frame position held by each slot; ``-1`` = empty slot or padded frame.
-      count: ``[]`` int32 frames written so far (absolute position of the next chunk's first frame).
+      count: ``[b]`` int32 frames written so far per row (absolute position of the row's next chunk).
     """
 
     keys: Float[Array, "b w h k"]
     values: Float[Array, "b w h k"]
     pos: Int[Array, "b w"]
-    count: Int[Array, ""]
+    count: Int[Array, "b"]
 
 
 def init_kv_cache(batch: int, window: int, heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
-    """An empty ring buffer: zero keys/values, every slot at position ``-1``, ``count = 0``."""
+    """An empty ring buffer: zero keys/values, every slot at position ``-1``, ``count = 0`` for every row."""
     if window < 1:
         raise ValueError(f"window: expected >= 1 slot, got {window}")
     shape = (batch, window, heads, head_dim)  # keys and values are distinct buffers (donation needs that)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, window), -1, jnp.int32),
-                   jnp.zeros((), jnp.int32))
+                   jnp.zeros((batch,), jnp.int32))
 
 
 def kv_cache_write(
     cache: KVCache, k: Float[Array, "b c h k"], v: Float[Array, "b c h k"], valid: Bool[Array, "b c"]
 ) -> KVCache:
-    """Writes a chunk of ``c <= w`` frames at stream positions ``count .. count+c-1`` (slots ``pos % w``);
-    frames with ``valid = False`` are stored with position ``-1`` so that no query ever sees them."""
+    """Writes a chunk of ``c <= w`` frames at each row's stream positions ``count .. count+c-1`` (slots ``pos % w``);
+    frames with ``valid = False`` are stored with position ``-1`` so that no query ever sees them. A row with no
+    valid frame is idle: it does not advance (see the module docstring)."""
     b, w = cache.pos.shape
     c = k.shape[1]
     if c > w:
@@ -66,14 +73,23 @@ def kv_cache_write(
         raise ValueError(f"k, v: expected shape {expected} to match the cache, got {k.shape} and {v.shape}")
     if valid.shape != (b, c):
         raise ValueError(f"valid: expected shape {(b, c)}, got {valid.shape}")
-    positions = cache.count + jnp.arange(c, dtype=jnp.int32)  # [c]
-    slots = positions % w  # [c]
+    if cache.count.shape != (b,):
+        raise ValueError(f"cache.count: expected per-row positions of shape ({b},), got {cache.count.shape}")
+    positions = cache.count[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]  # [b, c]
+    slots = positions % w  # [b, c]
+    rows = jnp.arange(b)[:, None]  # [b, 1]
+    active = jnp.any(valid, axis=1)  # [b]
     return KVCache(
-        keys=cache.keys.at[:, slots].set(k.astype(cache.keys.dtype)),  # in place when the cache is donated
-        values=cache.values.at[:, slots].set(v.astype(cache.values.dtype)),
-        pos=cache.pos.at[:, slots].set(jnp.where(valid, positions[None, :], -1)),
-        count=cache.count + c,
+        keys=cache.keys.at[rows, slots].set(k.astype(cache.keys.dtype)),  # in place when the cache is donated
+        values=cache.values.at[rows, slots].set(v.astype(cache.values.dtype)),
+        pos=cache.pos.at[rows, slots].set(jnp.where(valid, positions, -1)),
+        count=cache.count + c * active.astype(jnp.int32),
     )
+
+
+def chunk_positions(cache: KVCache, c: int) -> Int[Array, "b c"]:
+    """Absolute positions ``[b, c]`` of the next chunk's frames of every row (``count + 0 .. c-1``)."""
+    return cache.count[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
 
 
 def dot_product_attention(
@@ -194,9 +210,9 @@ def cached_attention(
     Returns:
       ``(out [b, c, h, k], new_cache)``.
     """
-    q_pos = cache.count + jnp.arange(q.shape[1], dtype=jnp.int32)  # [c]
+    q_pos = chunk_positions(cache, q.shape[1])  # [b, c]
     cache = kv_cache_write(cache, k, v, valid)
-    mask = fill_empty_rows(chunk_visibility(q_pos[None, :], cache.pos, chunk_size, num_left_chunks))  # [b, c, w]
+    mask = fill_empty_rows(chunk_visibility(q_pos, cache.pos, chunk_size, num_left_chunks))  # [b, c, w]
     return dot_product_attention(q, cache.keys, cache.values, mask=mask, scale=scale), cache
 
 

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fmjax.nn.attention import KVCache, cached_attention, dot_product_attention, init_kv_cache
+from fmjax.nn.attention import KVCache, cached_attention, chunk_positions, dot_product_attention, init_kv_cache
 from fmjax.nn.conv import CausalConv1d, ConvCache
 from fmjax.nn.rotary import apply_rotary
 from fmjax.nn.transformer import FeedForward
@@ -95,21 +95,25 @@ class RotaryAttention(nn.Module):
         mask: Bool[Array, "..."] | None,
         valid: Bool[Array, "b t"],
         cache: KVCache | None = None,
-    ) -> tuple[Float[Array, "b t d"], KVCache | None, dict]:
+        *,
+        return_aux: bool = False,
+    ):
         """Offline (``cache=None``): frames at positions ``0..t-1``, ``mask`` broadcastable to ``[b, t, t]``.
-        Streaming: ``x`` is one chunk at positions ``cache.count + 0..t-1``; the mask comes from the ring
-        buffer's positions with ``chunk_size``/``num_left_chunks``, and ``mask`` must be None.
+        Streaming: ``x`` is one chunk at each row's positions ``cache.count[b] + 0..t-1``; the mask comes from the
+        ring buffer's positions with ``chunk_size``/``num_left_chunks``, and ``mask`` must be None.
         ``valid [b, t]`` marks real frames: padded query frames get a zero output, padded keys are never cached.
 
         Returns:
-          ``(y [b, t, d], new_cache, aux)`` with ``aux`` = flat ``q, k, v`` before and ``q_rope, k_rope`` after
-          rotation, each ``[b, t, heads·head_dim]``.
+          ``(y [b, t, d], new_cache)`` (``new_cache`` None offline); with ``return_aux`` also ``aux`` = flat
+          ``q, k, v`` before and ``q_rope, k_rope`` after rotation, each ``[b, t, heads·head_dim]``.
         """
         b, t, d = x.shape
         inner = self.heads * self.head_dim
         q, k, v = (nn.Dense(inner, name=n)(x) for n in ("to_q", "to_k", "to_v"))  # [b, t, h·k]
-        start = jnp.zeros((), jnp.int32) if cache is None else cache.count
-        positions = start + jnp.arange(t, dtype=jnp.int32)  # [t] absolute frame positions
+        if cache is None:
+            positions = jnp.arange(t, dtype=jnp.int32)  # [t] absolute frame positions
+        else:
+            positions = chunk_positions(cache, t)  # [b, t]
         q_rope, k_rope = (apply_rotary(a, positions, self.head_dim) for a in (q, k))
 
         def heads(a):
@@ -126,11 +130,13 @@ class RotaryAttention(nn.Module):
             )  # [b, t, h, k]
         y = nn.Dense(d, name="to_out")(out.reshape(b, t, inner))  # [b, t, d]
         y = jnp.where(valid[..., None], y, 0)
-        return y, cache, {"q": q, "k": k, "v": v, "q_rope": q_rope, "k_rope": k_rope}
+        if return_aux:
+            return y, cache, {"q": q, "k": k, "v": v, "q_rope": q_rope, "k_rope": k_rope}
+        return y, cache
 
 
 class DiTBlock(nn.Module):
-    """adaLN-zero DiT block; a ``nn.scan`` body: ``(h, t_emb, mask, valid, cache) -> (h, (new_cache, aux))``.
+    """adaLN-zero DiT block: ``(h, t_emb, mask, valid, cache) -> (h, new_cache)`` (``+ aux`` with ``return_aux``).
 
     Attributes:
       heads, head_dim: attention shape.
@@ -153,22 +159,27 @@ class DiTBlock(nn.Module):
         t_emb: Float[Array, "b d"],
         mask: Bool[Array, "..."] | None,
         valid: Bool[Array, "b t"],
-        cache: KVCache | None,
-    ) -> tuple[Float[Array, "b t d"], tuple[KVCache | None, dict]]:
-        """See the module docstring; ``aux`` holds ``mod [b, 6d]``, ``attn_norm``, ``q``/``k``/``v``,
-        ``q_rope``/``k_rope``, ``attn``, ``ff`` and the block output ``out`` (each ``[b, t, ·]``)."""
+        cache: KVCache | None = None,
+        *,
+        return_aux: bool = False,
+    ):
+        """See the module docstring. Returns ``(h [b, t, d], new_cache)``; with ``return_aux`` also ``aux``:
+        ``mod [b, 6d]``, ``attn_norm``, ``q``/``k``/``v``, ``q_rope``/``k_rope``, ``attn``, ``ff`` and the block
+        output ``out`` (each ``[b, t, ·]``)."""
         d = h.shape[-1]
         mod = nn.Dense(6 * d, name="mod")(nn.silu(t_emb))  # [b, 6d]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)  # 6 x [b, d]
         attn_in = modulated_norm(h, shift_msa, scale_msa)
         attn, cache, aux = RotaryAttention(
             self.heads, self.head_dim, self.chunk_size, self.num_left_chunks, name="attn"
-        )(attn_in, mask, valid, cache)
+        )(attn_in, mask, valid, cache, return_aux=True)
         h = h + gate_msa[:, None, :] * attn
         ff = FeedForward(self.ff_mult, "gelu_tanh", name="ff")(modulated_norm(h, shift_mlp, scale_mlp))
         h = h + gate_mlp[:, None, :] * ff
+        if not return_aux:
+            return h, cache
         aux.update({"mod": mod, "attn_norm": attn_in, "attn": attn, "ff": ff, "out": h})
-        return h, (cache, aux)
+        return h, cache, aux
 
     @nn.nowrap
     def init_cache(self, batch: int, window: int, dtype=jnp.float32) -> KVCache:

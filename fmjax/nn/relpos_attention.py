@@ -22,7 +22,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax.nn.attention import KVCache, dot_product_attention, init_kv_cache, kv_cache_write
+from fmjax.nn.attention import KVCache, chunk_positions, dot_product_attention, init_kv_cache, kv_cache_write
 from fmjax.nn.masks import chunk_visibility, fill_empty_rows
 from fmjax.typing import Array, Bool, Float, Int
 
@@ -91,7 +91,7 @@ class RelPositionAttention(nn.Module):
     ) -> tuple[Float[Array, "b t d"], KVCache | None]:
         """Offline (``cache=None``): ``x`` is the whole sequence at positions ``0 .. t-1`` and ``mask``
         (bool, True = visible) broadcasts to ``[b, t, t]``. Streaming: ``x`` is one chunk at positions
-        ``cache.count + 0 .. t-1``, ``valid [b, t]`` its frame mask; it is written into the ring buffer and
+        ``cache.count[b] + 0 .. t-1`` (per row), ``valid [b, t]`` its frame mask; it is written into the ring buffer and
         attends to the slots that :func:`fmjax.nn.masks.chunk_visibility` allows (``mask`` must be None).
 
         Returns:
@@ -114,7 +114,7 @@ class RelPositionAttention(nn.Module):
         else:
             if mask is not None or valid is None or chunk_size <= 0:
                 raise ValueError("streaming attention takes valid=[b, t] and chunk_size > 0, and no mask")
-            q_pos = jnp.broadcast_to(cache.count + jnp.arange(t, dtype=jnp.int32), (b, t))  # [b, t]
+            q_pos = chunk_positions(cache, t)  # [b, t]
             cache = kv_cache_write(cache, k, v, valid)
             k_pos, keys, values = cache.pos, cache.keys, cache.values  # [b, w], [b, w, h, k]
             mask = fill_empty_rows(chunk_visibility(q_pos, k_pos, chunk_size, num_left_chunks))  # [b, t, w]

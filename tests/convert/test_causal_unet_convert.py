@@ -22,8 +22,8 @@ def test_convert_infers_the_small_config(small_sd):
     assert cfg == CausalUNetConfig(channels=64, n_blocks=1, num_mid_blocks=2, num_heads=4, head_dim=32,
                                    chunk_size=10)
     p = params["params"]
-    assert p["mid"]["tf_0"]["attn1"]["to_q"]["kernel"].shape == (2, 64, 128)
-    np.testing.assert_array_equal(p["mid"]["tf_0"]["attn1"]["to_q"]["kernel"][1],
+    assert p["mid_1"]["tf_0"]["attn1"]["to_q"]["kernel"].shape == (64, 128) and "mid_2" not in p
+    np.testing.assert_array_equal(p["mid_1"]["tf_0"]["attn1"]["to_q"]["kernel"],
                                   small_sd["mid_blocks.1.1.0.attn1.to_q.weight"].T)
     np.testing.assert_array_equal(p["down"]["resnet"]["block1"]["conv"]["kernel"],
                                   small_sd["down_blocks.0.0.block1.block.0.weight"].transpose(2, 1, 0))

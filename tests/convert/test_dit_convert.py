@@ -70,10 +70,9 @@ def test_dit_convert_infers_config_and_layouts():
                               mu_dim=64, chunk_size=8, num_left_chunks=1)
     assert got == cfg
     p = params["params"]
-    blocks = p["blocks"]  # stacked on a leading depth axis
-    np.testing.assert_array_equal(blocks["attn"]["to_q"]["kernel"][2], sd["transformer_blocks.2.attn.to_q.weight"].T)
-    np.testing.assert_array_equal(blocks["mod"]["bias"][1], sd["transformer_blocks.1.attn_norm.linear.bias"])
-    np.testing.assert_array_equal(blocks["ff"]["proj_out"]["kernel"][0], sd["transformer_blocks.0.ff.ff.2.weight"].T)
+    np.testing.assert_array_equal(p["blocks_2"]["attn"]["to_q"]["kernel"], sd["transformer_blocks.2.attn.to_q.weight"].T)
+    np.testing.assert_array_equal(p["blocks_1"]["mod"]["bias"], sd["transformer_blocks.1.attn_norm.linear.bias"])
+    np.testing.assert_array_equal(p["blocks_0"]["ff"]["proj_out"]["kernel"], sd["transformer_blocks.0.ff.ff.2.weight"].T)
     np.testing.assert_array_equal(p["conv_pos"]["conv2"]["kernel"],
                                   sd["input_embed.conv_pos_embed.conv2.0.weight"].transpose(2, 1, 0))  # [k, in/g, out]
     np.testing.assert_array_equal(p["time_embed"]["linear_1"]["kernel"], sd["time_embed.time_mlp.0.weight"].T)

@@ -12,6 +12,7 @@ from fmjax.cond import MelCond
 from fmjax.convert.causal_unet import convert_causal_unet
 from fmjax.convert.common import count_parameters
 from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig
+from fmjax.nn.masks import ChunkSpec
 
 FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
 TINY = CausalUNetConfig(mel_dim=8, mu_dim=8, spk_dim=4, cond_dim=8, channels=16, n_blocks=2, num_mid_blocks=2,
@@ -58,10 +59,18 @@ def tiny_params(cfg=TINY, seed=1):
 def test_causal_unet_matches_cosyvoice2(fixture, name, streaming):
     f = fixture(name)
     cfg, params = convert_causal_unet(FIXTURES / "flow_small_state_dict.npz", num_heads=4, chunk_size=10)
-    cond = MelCond(_tl(f["in/mu"]), jnp.asarray(f["in/spks"]), _tl(f["in/cond"]), jnp.asarray(f["in/mask"][:, 0]))
-    apply = jax.jit(CausalConditionalDecoder(cfg).apply, static_argnames="streaming")
-    v, aux = apply(params, _tl(f["in/x"]), cond, jnp.asarray(f["in/t"]), streaming=streaming)
+    b = f["in/x"].shape[0]
+    chunk = ChunkSpec.chunked(b, 10) if streaming else ChunkSpec.full(b)  # chunk masks as data
+    cond = MelCond(_tl(f["in/mu"]), jnp.asarray(f["in/spks"]), _tl(f["in/cond"]), jnp.asarray(f["in/mask"][:, 0]),
+                   chunk)
+    apply = jax.jit(functools.partial(CausalConditionalDecoder(cfg).apply, return_aux=True))
+    v, cache, aux = apply(params, _tl(f["in/x"]), cond, jnp.asarray(f["in/t"]))
+    assert cache is None
     np.testing.assert_allclose(np.asarray(v), f["out/y"].transpose(0, 2, 1), rtol=0, atol=1e-4)
+    # the deprecated static flag is an alias of the same data (and None = full context)
+    old = CausalConditionalDecoder(cfg).apply(params, _tl(f["in/x"]), cond._replace(chunk=None), jnp.asarray(f["in/t"]),
+                                              streaming=streaming)[0]
+    np.testing.assert_allclose(np.asarray(old), np.asarray(v), rtol=0, atol=1e-5)
     for ref_name, name_ in AUX.items():
         ref = f["aux/" + ref_name]
         if ref.ndim == 3 and ".tf" not in ref_name:
@@ -73,7 +82,11 @@ def test_causal_unet_matches_cosyvoice2(fixture, name, streaming):
 def test_causal_unet_batch_invariance(streaming):
     params = tiny_params()
     model = CausalConditionalDecoder(TINY)
-    apply = jax.jit(lambda x, c, t: model.apply(params, x, c, t, streaming=streaming)[0])
+    def apply(x, c, t):
+        chunk = ChunkSpec.chunked(x.shape[0], TINY.chunk_size) if streaming else None
+        return _apply(x, c._replace(chunk=chunk), t)
+
+    _apply = jax.jit(lambda x, c, t: model.apply(params, x, c, t)[0])
     lengths = (23, 17, 9)
     x, cond, t = tiny_inputs(b=3, lengths=lengths)
     v = np.asarray(apply(x, cond, t))
@@ -91,6 +104,25 @@ def test_causal_unet_batch_invariance(streaming):
     np.testing.assert_allclose(np.asarray(apply(x2, cond2, t))[0], v[0], rtol=0, atol=1e-5)
 
 
+def test_causal_unet_mixed_chunk_rows_in_one_program():
+    """Per-row chunk specs (chunked / full context / another chunk size) in one batch equal each row run with its
+    own spec, and changing the spec values does not recompile (chunks are data)."""
+    params = tiny_params()
+    model = CausalConditionalDecoder(TINY)
+    apply = jax.jit(lambda x, c, t: model.apply(params, x, c, t)[0])
+    x, cond, t = tiny_inputs(b=3, lengths=(23, 17, 20))
+    spec = ChunkSpec(jnp.array([4, 10**6, 3], jnp.int32), jnp.array([-1, -1, 1], jnp.int32))
+    v = np.asarray(apply(x, cond._replace(chunk=spec), t))
+    for i in range(3):
+        row = jax.tree_util.tree_map(lambda a: a[i : i + 1], cond._replace(chunk=spec))
+        np.testing.assert_allclose(np.asarray(apply(x[i : i + 1], row, t[i : i + 1]))[0], v[i], rtol=0, atol=1e-5)
+    full = np.asarray(apply(x, cond._replace(chunk=ChunkSpec.full(3)), t))
+    np.testing.assert_allclose(full[1], v[1], rtol=0, atol=1e-5)  # row 1 has full context either way
+    assert np.abs(full[0] - v[0]).max() > 1e-3  # row 0's chunk mask does change it
+    np.testing.assert_allclose(np.asarray(model.apply(params, x, cond, t)[0]), full, rtol=0, atol=1e-5)  # None = full
+    assert apply._cache_size() == 2  # the batch of 3 and the single rows; new spec values reused both
+
+
 def test_causal_unet_chunks_never_see_the_future():
     params = tiny_params()
     model = CausalConditionalDecoder(TINY)
@@ -98,7 +130,7 @@ def test_causal_unet_chunks_never_see_the_future():
     c = TINY.chunk_size
 
     def chunk_sum(x, mu, prompt, weights):
-        v, _ = model.apply(params, x, cond._replace(mu=mu, prompt=prompt), t, streaming=True)
+        v, _ = model.apply(params, x, cond._replace(mu=mu, prompt=prompt, chunk=ChunkSpec.chunked(2, c)), t)
         return (v * weights[None, :, None]).sum()
 
     grad = jax.jit(jax.grad(chunk_sum, argnums=(0, 1, 2)))
@@ -132,6 +164,18 @@ def test_causal_unet_bad_input():
             model.apply(params, *args)
     with pytest.raises(TypeError, match="streaming"):
         model.apply(params, x, cond, t, streaming=1)
+    bad_chunks = [
+        (ChunkSpec(jnp.array([4], jnp.int32), jnp.array([-1, -1], jnp.int32)), ValueError, "cond.chunk.size"),
+        (ChunkSpec(jnp.array([4.0, 4.0]), jnp.array([-1, -1], jnp.int32)), ValueError, "cond.chunk.size"),
+        (ChunkSpec(jnp.array([0, 4], jnp.int32), jnp.array([-1, -1], jnp.int32)), ValueError, "cond.chunk.size"),
+        (ChunkSpec(jnp.array([4, 4], jnp.int32), jnp.array([-2, -1], jnp.int32)), ValueError, "cond.chunk.left"),
+        ((4, -1), TypeError, "cond.chunk"),
+    ]
+    for chunk, err, match in bad_chunks:
+        with pytest.raises(err, match=match):
+            model.apply(params, x, cond._replace(chunk=chunk), t)
+    with pytest.raises(ValueError, match="streaming"):
+        model.apply(params, x, cond._replace(chunk=ChunkSpec.full(2)), t, streaming=True)
     with pytest.raises(ValueError, match="activation"):
         CausalUNetConfig(activation="relu")
     with pytest.raises(ValueError, match="num_left_chunks"):
@@ -158,7 +202,8 @@ def test_causal_unet_full_size_builds_and_streams():
     assert count_parameters(params) == 71_302_480
     model = CausalConditionalDecoder(cfg)
     x, cond, t = tiny_inputs(b=1, t=60, lengths=(60,), cfg=cfg)
-    v, _ = jax.jit(lambda x, c, t: model.apply(params, x, c, t, streaming=True))(x, cond, t)
+    cond = cond._replace(chunk=ChunkSpec.chunked(1, cfg.chunk_size))
+    v, _ = jax.jit(lambda x, c, t: model.apply(params, x, c, t))(x, cond, t)
     assert v.shape == (1, 60, 80) and bool(jnp.all(jnp.isfinite(v)))
     step = jax.jit(lambda x, c, t, cache: model.apply(params, x, c, t, cache))
     cache = model.init_cache(1, 100)

@@ -13,7 +13,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_causal_unet import TINY, tiny_inputs, tiny_params  # noqa: E402
 
 from fmjax.cond import MelCond  # noqa: E402
-from fmjax.models.causal_unet import CausalConditionalDecoder, split_mid_params  # noqa: E402
+from fmjax.models.causal_unet import CausalConditionalDecoder, unstack_mid_params  # noqa: E402
+from fmjax.nn.masks import ChunkSpec  # noqa: E402
 
 
 def stream(model, params, x, cond, t, window, *, pad_last=True):
@@ -41,24 +42,60 @@ def test_causal_unet_streaming_equals_offline(chunk, left):
     model = CausalConditionalDecoder(cfg)
     params = tiny_params(dataclasses.replace(cfg, chunk_size=4, num_left_chunks=-1))  # same params for every C, L
     x, cond, t = tiny_inputs(lengths=(23, 17))  # 23 frames: the last chunk is partial for C = 3 and 10
-    expected, _ = jax.jit(lambda x, c, t: model.apply(params, x, c, t, streaming=True))(x, cond, t)
+    chunked = cond._replace(chunk=ChunkSpec.chunked(2, chunk, left))
+    expected, _ = jax.jit(lambda x, c, t: model.apply(params, x, c, t))(x, chunked, t)
     window = -(-23 // chunk) * chunk if left < 0 else cfg.min_window()  # L = -1: the window holds the stream
     got, _, _ = stream(model, params, x, cond, t, window, pad_last=left != -1 or chunk != 10)  # padded inside once
     np.testing.assert_allclose(got, np.asarray(expected), rtol=0, atol=1e-5)
 
 
-def test_causal_unet_streaming_with_split_mid_params_is_identical():
+def test_causal_unet_rows_stream_at_their_own_positions():
+    """Rows of one cache start at different times (idle chunks have no valid frame); each row equals its own
+    offline chunk-masked forward, and an idle row's cache does not change."""
     cfg = dataclasses.replace(TINY, n_blocks=1)
     model = CausalConditionalDecoder(cfg)
     params = tiny_params(cfg)
-    split = split_mid_params(params)
-    assert set(split["params"]["mid"]) == {"0", "1"} and split_mid_params(split) is split
+    c = cfg.chunk_size
+    x, cond, t = tiny_inputs(t=16, lengths=(16, 13))
+    offline = np.asarray(model.apply(params, x, cond._replace(chunk=ChunkSpec.chunked(2, c)), t)[0])
+    step = jax.jit(lambda x, cond, t, cache: model.apply(params, x, cond, t, cache))
+    cache = model.init_cache(2, 16)
+    delay = (0, 2)  # row 1 starts two steps after row 0
+    outs = [[], []]
+    for k in range(16 // c + max(delay)):
+        chunks = [k - d for d in delay]  # the chunk each row computes now (out of range = idle)
+        def rows(a):
+            return jnp.stack([a[i, j * c:(j + 1) * c] if 0 <= j < 16 // c else jnp.zeros_like(a[i, :c])
+                              for i, j in enumerate(chunks)])
+        before = cache
+        v, cache = step(rows(x), MelCond(rows(cond.mu), cond.spks, rows(cond.prompt), rows(cond.mask)), t, cache)
+        for i, j in enumerate(chunks):
+            if 0 <= j < 16 // c:
+                outs[i].append(np.asarray(v[i]))
+            else:  # idle: every leaf of this row's state is unchanged except K/V slots it will overwrite later
+                assert int(cache.down.attn[0].count[i]) == int(before.down.attn[0].count[i])
+                np.testing.assert_array_equal(np.asarray(cache.final_block.history[i]),
+                                              np.asarray(before.final_block.history[i]))
+    for i in range(2):
+        n = int(cond.mask[i].sum())
+        np.testing.assert_allclose(np.concatenate(outs[i])[:n], offline[i, :n], rtol=0, atol=1e-5)
+    assert np.asarray(cache.down.attn[0].count).tolist() == [16, 16]
+    assert step._cache_size() == 1
+
+
+def test_causal_unet_old_stacked_layout_converts():
+    cfg = dataclasses.replace(TINY, n_blocks=1)
+    model = CausalConditionalDecoder(cfg)
+    params = tiny_params(cfg)
     x, cond, t = tiny_inputs(t=8, lengths=(8, 6))
-    stacked_out, _, _ = stream(model, params, x, cond, t, 8)
-    split_out, _, _ = stream(model, split, x, cond, t, 8)
-    np.testing.assert_array_equal(split_out, stacked_out)
-    with pytest.raises(ValueError, match="stacked mid params"):
-        model.apply(split, x, cond, t)
+    mids = [params["params"][f"mid_{i}"] for i in range(cfg.num_mid_blocks)]
+    old = {"params": {k: v for k, v in params["params"].items() if not k.startswith("mid_")}}
+    old["params"]["mid"] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *mids)  # the fmjax < 0.2 layout
+    with pytest.raises(ValueError, match="unstack_mid_params"):
+        model.apply(old, x, cond, t)
+    np.testing.assert_array_equal(np.asarray(model.apply(unstack_mid_params(old), x, cond, t)[0]),
+                                  np.asarray(model.apply(params, x, cond, t)[0]))
+    assert unstack_mid_params(params) is params
 
 
 def test_causal_unet_one_compilation_and_fixed_cache_size():
@@ -74,11 +111,12 @@ def test_causal_unet_one_compilation_and_fixed_cache_size():
     assert jax.tree_util.tree_structure(cache) == jax.tree_util.tree_structure(model.init_cache(2, window))
     # by hand: 1 + 2 + 1 stages x 2 blocks of K/V (+ positions, count); conv histories of 2 frames
     d, b = TINY.channels, 2
-    kv = b * window * TINY.num_heads * TINY.head_dim * 4 * 2 + b * window * 4 + 4
+    kv = b * window * TINY.num_heads * TINY.head_dim * 4 * 2 + b * window * 4 + b * 4
     conv = b * 2 * 4 * ((TINY.in_channels + d) + d + 2 * (d + d) + (2 * d + d) + d + d)
     assert nbytes == 4 * TINY.n_blocks * kv + conv
     assert model.cache_nbytes(2, 3 * window) > nbytes  # grows with the window only, never with the stream
-    assert int(cache.down.attn[0].count) == 36
+    # row 1 (30 frames) had nothing valid in the last chunk (frames 32-35): it stayed at 32
+    assert np.asarray(cache.down.attn[0].count).tolist() == [36, 32]
 
 
 def test_causal_unet_streaming_bad_input():

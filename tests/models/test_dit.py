@@ -15,6 +15,7 @@ from fmjax.convert.common import count_parameters
 from fmjax.convert.dit import convert_dit
 from fmjax.models.dit import DiT, DiTConfig
 from fmjax.nn.embeddings import TimestepEmbedding
+from fmjax.nn.masks import ChunkSpec
 from fmjax.nn.rotary import apply_rotary, rotary_angles, rotary_inv_freq
 
 FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
@@ -52,7 +53,7 @@ def tiny_params(cfg=TINY, seed=1):
 
     def draw(path, leaf):
         names = [getattr(k, "key", "") for k in path]
-        shape = leaf.shape[1:] if "blocks" in names else leaf.shape  # stacked blocks: per-layer shape
+        shape = leaf.shape
         z = rng.standard_normal(leaf.shape).astype(np.float32)
         if names[-1] == "kernel":
             return jnp.asarray(z / np.sqrt(np.prod(shape[:-1])))
@@ -68,9 +69,14 @@ def _fixture_model():
 
 def _fixture_call(f, streaming):
     cfg, params = _fixture_model()
-    cond = MelCond(_tl(f["in/mu"]), jnp.asarray(f["in/spks"]), _tl(f["in/cond"]), jnp.asarray(f["in/mask"][:, 0]))
-    apply = jax.jit(DiT(cfg).apply, static_argnames="streaming")
-    return apply(params, _tl(f["in/x"]), cond, jnp.asarray(f["in/t"]), streaming=streaming)
+    b = f["in/x"].shape[0]
+    chunk = ChunkSpec.chunked(b, cfg.chunk_size) if streaming else None  # chunk masks as data
+    cond = MelCond(_tl(f["in/mu"]), jnp.asarray(f["in/spks"]), _tl(f["in/cond"]), jnp.asarray(f["in/mask"][:, 0]),
+                   chunk)
+    apply = jax.jit(functools.partial(DiT(cfg).apply, return_aux=True))
+    v, cache, aux = apply(params, _tl(f["in/x"]), cond, jnp.asarray(f["in/t"]))
+    assert cache is None
+    return v, aux
 
 
 @pytest.mark.parametrize("name,streaming", [("dit_full.npz", False), ("dit_stream.npz", True)])
@@ -124,7 +130,7 @@ def test_dit_rotary_depends_on_relative_position_only():
 def test_dit_batch_invariance(streaming):
     params = tiny_params()
     model = DiT(TINY)
-    apply = jax.jit(lambda x, c, t: model.apply(params, x, c, t, streaming=streaming)[0])
+    apply = jax.jit(lambda x, c, t: model.apply(params, x, c, t, streaming=streaming)[0])  # the deprecated alias
     x, cond, t = tiny_inputs(b=3, lengths=(23, 17, 9))
     v = np.asarray(apply(x, cond, t))
     # other rows: new content and other lengths (shorter and longer); row 1 must not change at any frame
@@ -153,7 +159,8 @@ def test_dit_chunk_causality(left):
     c, n_chunks = cfg.chunk_size, 4
 
     def velocity(x, mu, prompt):
-        return model.apply(params, x, MelCond(mu, cond.spks, prompt, cond.mask), t, streaming=True)[0]
+        chunk = ChunkSpec.chunked(1, cfg.chunk_size, left)
+        return model.apply(params, x, MelCond(mu, cond.spks, prompt, cond.mask, chunk), t)[0]
 
     @jax.jit
     def grads_per_chunk(x, mu, prompt):  # d(sum of chunk k outputs)/d inputs, for every k at once
@@ -201,7 +208,8 @@ def test_dit_full_size_parameter_count():
     x, cond, t = tiny_inputs(b=1, t=4, lengths=(4,), cfg=DiTConfig())
     shapes = jax.eval_shape(DiT(DiTConfig()).init, jax.random.key(0), x, cond, t)  # nothing is allocated
     assert count_parameters(shapes) == 331_142_224  # SPEC §8
-    assert shapes["params"]["blocks"]["mod"]["kernel"].shape == (22, 1024, 6144)
+    assert shapes["params"]["blocks_21"]["mod"]["kernel"].shape == (1024, 6144)
+    assert "blocks_22" not in shapes["params"]
 
 
 def test_dit_full_width_forward_and_stream():
@@ -209,7 +217,8 @@ def test_dit_full_width_forward_and_stream():
     params = tiny_params(cfg)
     model = DiT(cfg)
     x, cond, t = tiny_inputs(b=1, t=100, lengths=(93,), cfg=cfg)  # two chunks of 50, the second one padded
-    v = jax.jit(lambda x, c, t: model.apply(params, x, c, t, streaming=True)[0])(x, cond, t)
+    chunked = cond._replace(chunk=ChunkSpec.chunked(1, cfg.chunk_size))
+    v = jax.jit(lambda x, c, t: model.apply(params, x, c, t)[0])(x, chunked, t)
     assert v.shape == (1, 100, 80) and bool(jnp.all(jnp.isfinite(v)))
     step = jax.jit(lambda x, c, t, cache: model.apply(params, x, c, t, cache))
     cache = model.init_cache(1, 100)
