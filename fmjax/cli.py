@@ -75,45 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------------- loading
 def load_flow(directory, *, ema: bool = True):
-    """``(model, params)`` from an fmjax flow checkpoint or a trainer workdir (see the module docstring)."""
-    from fmjax.convert.flow import _CONFIG_CLASSES, config_from_dict, load_flow_checkpoint
-    from fmjax.models.flow import CosyVoice2Flow, flow_param_shapes
+    """``(model, params)`` from an fmjax flow checkpoint or a trainer workdir (:func:`fmjax.checkpoint.load_flow`)."""
+    from fmjax.checkpoint import load_flow as _load
 
-    path = pathlib.Path(os.fspath(directory))
-    if (path / "config.json").is_file() and (path / "params").is_dir():
-        config, params = load_flow_checkpoint(path)
-        return _CONFIG_CLASSES[type(config).__name__][1](config), params  # the flow module of that config class
-    if not ((path / "config.json").is_file() and (path / "checkpoints").is_dir()):
-        raise FileNotFoundError(f"--flow: {str(path)!r} is neither an fmjax flow checkpoint (config.json, params/) "
-                                "nor a trainer workdir (config.json, checkpoints/)")
-    resolved = json.loads((path / "config.json").read_text())
-    flow_dict = resolved.get("model", {}).get("flow") if isinstance(resolved.get("model"), dict) else None
-    if not isinstance(flow_dict, dict):
-        raise ValueError(f"--flow: the workdir {str(path)!r} is not a token2mel run (its config has no model.flow)")
-    model = CosyVoice2Flow(config_from_dict({"class": "Token2MelConfig", **flow_dict}))
-    params = _restore_workdir_params(path / "checkpoints", "ema_params" if ema else "params")
-    want = jax.tree_util.tree_flatten_with_path(flow_param_shapes(model))[0]
-    got = jax.tree_util.tree_flatten_with_path(params)[0]
-    if [p for p, _ in want] != [p for p, _ in got] or any(
-        tuple(a.shape) != tuple(np.shape(b)) for (_, a), (_, b) in zip(want, got)
-    ):
-        raise ValueError(f"--flow: the checkpoint params of {str(path)!r} do not match its config.json's flow")
-    return model, params
-
-
-def _restore_workdir_params(directory: pathlib.Path, which: str):
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("state", "meta"))
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"--flow: no checkpoint in {str(directory)!r}")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-    finally:
-        manager.close()
-    return state[which]
+    loaded = _load(directory, ema=ema, what="--flow")
+    return loaded.model, loaded.params
 
 
 def _read_ids(path, name: str) -> np.ndarray:

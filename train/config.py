@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from train.files import atomic_write_text
 
-__all__ = ["OptimConfig", "TrainConfig", "Config", "apply_overrides", "leaf_keys", "config_to_dict", "write_config"]
+__all__ = ["OptimConfig", "TrainConfig", "Config", "apply_overrides", "check_config", "leaf_keys", "config_to_dict",
+           "write_config"]
 
 
 def _require(ok: bool, key: str, expected: str, got) -> None:
@@ -230,6 +231,14 @@ def apply_overrides(config, overrides: Sequence[str]):
         key = key.strip()
         config = _set(config, key.split("."), text, key, config)
     return config
+
+
+def check_config(config) -> None:
+    """Checks what no single field can: ``optim.warmup_steps < train.steps``. Call it after the overrides."""
+    optim, tc = getattr(config, "optim", None), getattr(config, "train", None)
+    if optim is not None and tc is not None and not optim.warmup_steps < tc.steps:
+        raise ValueError(f"optim.warmup_steps: expected fewer than train.steps={tc.steps}, got {optim.warmup_steps} "
+                         f"(add --set optim.warmup_steps=N with N < {tc.steps})")
 
 
 # ------------------------------------------------------------------------------------------------- output

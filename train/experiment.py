@@ -34,7 +34,11 @@ class Experiment(abc.ABC):
 
     Attributes:
       config: the resolved :class:`train.config.Config`.
+      resume_safe_keys: dotted config keys (beyond :data:`train.resume.RESUME_SAFE_KEYS`) that may change when a
+        run resumes because only evaluation or samples read them (e.g. ``data.eval_points``).
     """
+
+    resume_safe_keys: tuple[str, ...] = ()
 
     def __init__(self, config):
         self.config = config

@@ -1,4 +1,4 @@
-"""Crash-safe small-file writes for the workdir (config, metrics rewrite, completion marker)."""
+"""Crash-safe small-file writes for the workdir (config, metrics rewrite, completion marker, appended rows)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import pathlib
 import uuid
 
-__all__ = ["atomic_write_text"]
+__all__ = ["atomic_write_text", "append_line"]
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -24,3 +24,14 @@ def atomic_write_text(path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def append_line(path, line: str) -> None:
+    """Appends ``line`` and a newline to ``path`` in one write, then flushes and fsyncs, so a row is on disk
+    before the next step runs; a kill can at most leave one torn last line (which readers drop with a warning)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())

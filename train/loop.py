@@ -8,6 +8,12 @@ Where the starting state comes from (the first that applies):
    start a fresh state (step 0, new optimizer state, EMA = params);
 3. **scratch** -- fresh parameters from ``train.seed``.
 
+A rerun never destroys the run in the workdir (:mod:`train.resume`): a config that differs in a setting that
+changes the state, or a saved state of another structure, stops with an error naming the keys (nothing
+written); ``config.json`` is written once, by the run's first start; every start appends a line to
+``resumes.jsonl`` (step, source, the resume-safe settings that changed); ``reset=True`` (``--reset``) archives the
+old run under ``archive/<time>/`` before starting over.
+
 Bad data never reaches jit: every batch is checked in Python first. A batch whose structure, leaf types,
 dtypes or batch axis differ from the first batch raises ``TypeError``/``ValueError`` naming the leaf; a batch
 with NaN/inf values is **skipped with a logged warning** (counted in the result; more than
@@ -22,23 +28,25 @@ import itertools
 import json
 import logging
 import pathlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 
-from train.checkpoint import Checkpointer, restore_params
+from fmjax.checkpoint import Checkpointer, IncompatibleCheckpointError, restore_params
 from train.config import config_to_dict, write_config
 from train.experiment import Experiment
-from train.files import atomic_write_text
+from train.files import append_line, atomic_write_text
 from train.metrics import MetricsWriter, read_metrics
 from train.optim import make_optimizer, make_schedule
 from train.plots import plot_loss_curve
+from train.resume import (RunError, archive_run, check_resume, incompatible_state, workdir_is_used)
 from train.sharding import DATA_AXIS, make_mesh, shard_batch, state_shardings
 from train.state import TrainState, abstract_state, create_state, state_from_params
 from train.step import jit_eval_step, jit_train_step, leaf_names, make_eval_step, make_train_step
 
-__all__ = ["RunResult", "run", "MAX_CONSECUTIVE_SKIPS", "T_BINS"]
+__all__ = ["RunResult", "run", "TrainingInterrupted", "MAX_CONSECUTIVE_SKIPS", "T_BINS"]
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +134,6 @@ def _batch_stream(exp: Experiment, seed: int, position: int, overfit: int) -> It
         yield fixed[p % overfit], p + 1
 
 
-def _flat_diff(a, b, prefix="") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in _flat_diff(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix[:-1]]
-
-
 def _validate(eval_step, params, batches, key, guard: _BatchGuard, mesh) -> dict:
     """Validation loss (weighted mean of per-example losses) and its curve over the flow-time bins."""
     total = None
@@ -145,56 +147,89 @@ def _validate(eval_step, params, batches, key, guard: _BatchGuard, mesh) -> dict
     return {"val_loss": float(total["loss_sum"] / max(total["weight_sum"], 1e-12)), "val_loss_per_t": per_t}
 
 
-def run(exp: Experiment, workdir, *, progress: bool = True,
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run`: ``step`` is the last completed update, ``checkpoint`` the newest committed
+    checkpoint step (None if none); rerunning the same command resumes from ``checkpoint``."""
+
+    def __init__(self, step: int, checkpoint: int | None):
+        super().__init__(step, checkpoint)
+        self.step, self.checkpoint = step, checkpoint
+
+
+def _setup_error(err: Exception) -> RunError:
+    return err if isinstance(err, RunError) else RunError(str(err))
+
+
+def run(exp: Experiment, workdir, *, progress: bool = True, reset: bool = False,
         callbacks: Sequence[Callable[[int, TrainState], None]] = ()) -> RunResult:
     """Trains ``exp`` (its ``exp.config``) in ``workdir`` until ``train.steps``, resuming if possible.
+
+    Nothing a previous run wrote is overwritten (see :mod:`train.resume`): a rerun whose config or state cannot
+    continue the run raises :class:`train.resume.IncompatibleRunError` before touching the workdir; metrics rows
+    past the resumed step (written by an interrupted process) and a torn last line are moved to
+    ``metrics.discarded.jsonl``; corrupt checkpoints to ``corrupt_checkpoints/``.
 
     Args:
       exp: the built experiment.
       workdir: the run's directory (checkpoints, ``config.json``, ``metrics.jsonl``, ``tb/``, PNGs).
       progress: show the progress bar.
+      reset: start a fresh run even if ``workdir`` holds one: its files are first moved to ``workdir/archive/<time>/``.
       callbacks: ``callback(step, state)`` after every step (after any checkpoint save of that step).
+
+    Raises:
+      train.resume.RunError: the run cannot start as configured (message says what to change); nothing written.
+      TrainingInterrupted: Ctrl-C (a ``KeyboardInterrupt``), with the step reached and the newest checkpoint.
     """
     cfg, tc = exp.config, exp.config.train
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh(tc.num_devices)
-    n_data = mesh.shape[DATA_AXIS]
-    if tc.batch_size % n_data:
-        raise ValueError(f"train.batch_size: expected a multiple of the {n_data} devices on the data axis, "
-                         f"got {tc.batch_size}")
-    optimizer, schedule = make_optimizer(cfg.optim, tc.steps), make_schedule(cfg.optim, tc.steps)
+    try:  # everything that can be checked before the workdir is touched
+        if workdir.exists() and not workdir.is_dir():
+            raise RunError(f"--workdir {workdir}: expected a directory, got a file")
+        mesh = make_mesh(tc.num_devices)
+        n_data = mesh.shape[DATA_AXIS]
+        if tc.batch_size % n_data:
+            raise RunError(f"train.batch_size: expected a multiple of the {n_data} devices on the data axis, "
+                           f"got {tc.batch_size}")
+        optimizer, schedule = make_optimizer(cfg.optim, tc.steps), make_schedule(cfg.optim, tc.steps)
+    except ValueError as err:
+        raise _setup_error(err) from None
     k_init, k_step, k_eval = jax.random.split(jax.random.key(tc.seed), 3)
     abstract = abstract_state(exp.init_params, optimizer, k_init)
     shardings = state_shardings(abstract, mesh, tc.fsdp)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     cfg_dict = config_to_dict(cfg)
+    restored, changes = _resume_point(exp, workdir, target, cfg_dict, reset)
+    position = 0
+    if restored is not None:  # 1. resume from the workdir
+        state, position, source = restored.state, restored.position, "workdir"
+        if changes:
+            log.warning("resuming from step %d with changed resume-safe settings: %s", restored.step,
+                        "; ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changes.items()))
+    elif tc.init_from:  # 2. parameters of another run
+        try:
+            params = restore_params(tc.init_from, abstract.params, shardings.params)
+        except (ValueError, OSError) as err:
+            raise _setup_error(err) from None
+        state, source = state_from_params(params, optimizer, shardings), "init_from"
+    else:  # 3. from scratch
+        state, source = create_state(exp.init_params, optimizer, k_init, shardings), "scratch"
+    start = step = int(jax.device_get(state.step))
+    done_path = workdir / "done.json"
+    if step >= tc.steps and done_path.exists() and json.loads(done_path.read_text()).get("step") == step:
+        log.info("the run is complete (step %d of %d); nothing to do", step, tc.steps)
+        return RunResult(state, step, position, start, source, 0, [], 0, [])
+    log.info("starting at step %d (from %s) in %s", step, source, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "config.json").exists():
+        write_config(cfg, workdir / "config.json")
+    append_line(workdir / "resumes.jsonl", json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step,
+                                                       "source": source, "changes": changes}))
     ckpt = Checkpointer(workdir / "checkpoints", tc.keep_checkpoints)
     writer = None
     try:
-        restored = ckpt.restore_latest(target)
-        position = 0
-        if restored is not None:  # 1. resume from the workdir
-            state, position, source = restored.state, restored.position, "workdir"
-            changed = _flat_diff(restored.config, cfg_dict)
-            if changed:
-                log.warning("resuming from step %d with a config that differs in: %s", restored.step,
-                            ", ".join(changed))
-        elif tc.init_from:  # 2. parameters of another run
-            params = restore_params(tc.init_from, abstract.params, shardings.params)
-            state, source = state_from_params(params, optimizer, shardings), "init_from"
-        else:  # 3. from scratch
-            state, source = create_state(exp.init_params, optimizer, k_init, shardings), "scratch"
-        start = step = int(jax.device_get(state.step))
-        log.info("starting at step %d (from %s) in %s", step, source, workdir)
-        write_config(cfg, workdir / "config.json")
-        done_path = workdir / "done.json"
-        if step >= tc.steps and done_path.exists() and json.loads(done_path.read_text()).get("step") == step:
-            log.info("the run is complete (step %d of %d); nothing to do", step, tc.steps)
-            return RunResult(state, step, position, start, source, 0, [], 0, [])
-
         writer = MetricsWriter(workdir, total_steps=tc.steps, start_step=step,
-                               grad_names=leaf_names(abstract.params), progress=progress)
+                               grad_names=leaf_names(abstract.params), progress=progress,
+                               redo_eval=step >= tc.steps)
         train_step = jit_train_step(make_train_step(exp.loss_fn, optimizer, schedule, ema_decay=cfg.optim.ema_decay,
                                                     compute_dtype=tc.compute_dtype), shardings, mesh)
         eval_step = jit_eval_step(make_eval_step(exp.loss_fn, tc.compute_dtype, T_BINS), shardings.params, mesh)
@@ -237,10 +272,53 @@ def run(exp: Experiment, workdir, *, progress: bool = True,
         log.info("done at step %d: %d train-step compilation(s) for %d batch shape(s), %d skipped batch(es)",
                  step, compiles, len(guard.shapes), guard.skipped)
         return RunResult(state, step, position, start, source, compiles, guard.shapes, guard.skipped, outputs)
+    except KeyboardInterrupt:
+        try:
+            ckpt.wait()
+        finally:
+            saved = ckpt.steps()
+        raise TrainingInterrupted(step, saved[-1] if saved else None) from None
     finally:
         if writer is not None:
             writer.close()
         ckpt.close()
+
+
+def _resume_point(exp: Experiment, workdir: pathlib.Path, target, cfg_dict: dict, reset: bool):
+    """``(Restored | None, resume-safe changes)``: the checkpoint to resume from, after the checks of
+    :mod:`train.resume`; with ``reset`` the old run is archived first. Raises before anything is written."""
+    safe = tuple(getattr(exp, "resume_safe_keys", ()))
+    used = workdir_is_used(workdir)
+    if used and reset:
+        log.warning("--reset: moved the previous run's files (%s) to %s", ", ".join(used), archive_run(workdir))
+        return None, {}
+    changes: dict = {}
+
+    def check(step: int, meta: dict) -> None:
+        nonlocal changes
+        changes = check_resume(workdir, meta["config"], cfg_dict, step=step, safe=safe)
+
+    restored = None
+    if (workdir / "checkpoints").is_dir():
+        reader = Checkpointer(workdir / "checkpoints", read_only=True)
+        try:
+            restored = reader.restore_latest(target, check=check)
+        except IncompatibleCheckpointError as err:
+            raise incompatible_state(workdir, str(err)) from None
+        finally:
+            reader.close()
+    if restored is None and used:  # a used workdir without a usable checkpoint: its config must still agree
+        if not (workdir / "config.json").is_file():
+            raise RunError(f"--workdir {workdir}: holds run files ({', '.join(used)}) but no config.json to check "
+                           "this run against; add --reset to archive them and start over, or use a new --workdir")
+        try:
+            saved = json.loads((workdir / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"--workdir {workdir}: its config.json cannot be read ({err}); add --reset to archive "
+                           "the run and start over, or use a new --workdir") from None
+        changes = check_resume(workdir, saved, cfg_dict, step=None, safe=safe)
+        log.warning("%s holds no usable checkpoint; starting this run (same config) from step 0", workdir)
+    return restored, changes
 
 
 def _compiles(jitted, guard: _BatchGuard) -> int:

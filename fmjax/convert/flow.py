@@ -19,32 +19,23 @@ left-chunk count, and the estimator's attention head count. Every key is validat
 its estimator.
 
 An fmjax checkpoint (CosyVoice2's or CosyVoice3's flow) is a directory: ``config.json`` (the config, with its class
-name) and ``params/`` (an orbax ``StandardCheckpointer`` tree). Loading it needs neither torch nor the original
-files.
+name) and ``params/`` (an orbax ``StandardCheckpointer`` tree); :mod:`fmjax.checkpoint` writes and reads it
+(``save_flow_checkpoint``, ``load_flow_checkpoint``, ``config_to_dict`` and ``config_from_dict`` stay importable from
+here). Loading it needs neither torch nor the original files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import pathlib
-import typing
-
 import jax
 import numpy as np
 
+from fmjax import checkpoint as _ckpt
 from fmjax.convert.causal_unet import FLOW_PREFIX, convert_causal_unet
 from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
 from fmjax.convert.encoder import encoder_config_from_state_dict, read_encoder_params, read_token_embedding
-from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, flow_param_shapes
-from fmjax.models.flow_cv3 import CosyVoice3Flow, CosyVoice3FlowConfig
+from fmjax.models.flow import Token2MelConfig
 
 __all__ = ["convert_flow", "save_flow_checkpoint", "load_flow_checkpoint", "config_to_dict", "config_from_dict"]
-
-CONFIG_FILE = "config.json"
-PARAMS_DIR = "params"
-
 
 def convert_flow(
     source, *, static_chunk_size: int = 25, num_left_chunks: int = -1, decoder_heads: int = 8
@@ -120,75 +111,9 @@ def _linear(reader: StateDictReader, name: str, n_in: int, n_out: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-_CONFIG_CLASSES: dict[str, tuple[type, type]] = {
-    "Token2MelConfig": (Token2MelConfig, CosyVoice2Flow),
-    "CosyVoice3FlowConfig": (CosyVoice3FlowConfig, CosyVoice3Flow),
-}
-
-
-def config_to_dict(config) -> dict:
-    """A frozen (nested) config dataclass as a JSON-ready dict with its class name under ``"class"``."""
-    if not dataclasses.is_dataclass(config):
-        raise TypeError(f"config: expected a config dataclass, got {type(config).__name__}")
-    return {"class": type(config).__name__, **dataclasses.asdict(config)}
-
-
-def config_from_dict(data: dict):
-    """Inverse of :func:`config_to_dict` for the registered flow configs."""
-    name = data.get("class")
-    if name not in _CONFIG_CLASSES:
-        raise ValueError(f"config: unknown class {name!r}; expected one of {sorted(_CONFIG_CLASSES)}")
-    return _build(_CONFIG_CLASSES[name][0], {k: v for k, v in data.items() if k != "class"})
-
-
-def _build(cls, data: dict):
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value, hint = data[f.name], hints[f.name]
-        kwargs[f.name] = _build(hint, value) if dataclasses.is_dataclass(hint) else value
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"config: unknown fields {unknown} for {cls.__name__}")
-    return cls(**kwargs)
-
-
-def save_flow_checkpoint(directory, config, params, *, overwrite: bool = False) -> pathlib.Path:
-    """Writes ``directory/config.json`` and ``directory/params`` (orbax). Returns the directory.
-
-    Raises:
-      FileExistsError: the directory exists and ``overwrite`` is False.
-    """
-    import orbax.checkpoint as ocp
-
-    path = pathlib.Path(os.fspath(directory)).resolve()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"directory: {str(path)!r} exists; pass overwrite=True to replace it")
-    if type(config).__name__ not in _CONFIG_CLASSES:
-        raise TypeError(f"config: expected one of {sorted(_CONFIG_CLASSES)}, got {type(config).__name__}")
-    path.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path / PARAMS_DIR, params, force=overwrite)
-        ckptr.wait_until_finished()
-    (path / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
-    return path
-
-
-def load_flow_checkpoint(directory):
-    """Reads a checkpoint written by :func:`save_flow_checkpoint`: ``(config, params)`` with params restored
-    against the shapes the config implies (a mismatch raises)."""
-    import orbax.checkpoint as ocp
-
-    path = pathlib.Path(os.fspath(directory)).resolve()
-    if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
-        raise FileNotFoundError(
-            f"directory: {str(path)!r} is not an fmjax flow checkpoint ({CONFIG_FILE}, {PARAMS_DIR}/)"
-        )
-    config = config_from_dict(json.loads((path / CONFIG_FILE).read_text()))
-    module = _CONFIG_CLASSES[type(config).__name__][1](config)
-    target = flow_param_shapes(module)
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(path / PARAMS_DIR, target)
-    return config, params
+# Flow checkpoints live in fmjax.checkpoint; the names stay importable from here.
+save_flow_checkpoint = _ckpt.save_flow_checkpoint
+load_flow_checkpoint = _ckpt.load_flow_checkpoint
+config_to_dict = _ckpt.flow_config_to_dict
+config_from_dict = _ckpt.flow_config_from_dict
+CONFIG_FILE, PARAMS_DIR = _ckpt.CONFIG_FILE, _ckpt.PARAMS_DIR

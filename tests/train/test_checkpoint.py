@@ -44,7 +44,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(seq_experiment, tmp_pa
     with caplog.at_level(logging.WARNING):
         result = run(seq_experiment(lengths=(8,), train=dict(steps=8)), tmp_path, progress=False)
     assert "checkpoint at step 6 is unreadable or corrupt" in caplog.text
-    assert "resuming from step 4 with a config that differs in: train.steps" in caplog.text
+    assert "resuming from step 4 with changed resume-safe settings: train.steps 6 -> 8" in caplog.text
     assert result.source == "workdir" and result.start_step == 4 and result.step == 8
     assert [p.name.split("-")[0] for p in (tmp_path / "corrupt_checkpoints").iterdir()] == ["6"]
     assert Checkpointer(ckpt_dir).steps() == [2, 4, 6, 8]  # step 6 was re-trained and saved again

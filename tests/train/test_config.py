@@ -109,8 +109,10 @@ def test_trainer_sections_validate():
 
 
 def test_cli_rejects_bad_set_before_running(tmp_path, capsys):
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(SystemExit) as exit_info:  # argparse-style usage error, no traceback
         main(["--config", "train/configs/toy2d.py", "--workdir", str(tmp_path), "--set", "train.stepz=3"])
+    assert exit_info.value.code == 2
+    assert "error: --set train.stepz: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "config.json").exists()
     assert main(["--config", "toy2d", "--list-keys"]) == 0
     assert "train.steps" in capsys.readouterr().out.split()
