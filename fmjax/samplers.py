@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fmjax.cond import null_condition
 from fmjax.timesteps import validate_grid
@@ -27,6 +28,7 @@ from fmjax.typing import Array, Float
 __all__ = [
     "Solver", "EULER", "MIDPOINT", "HEUN", "RK4", "SOLVERS", "get_solver", "rk_step", "rk_step_cached",
     "sample", "SampleAux", "classifier_free_guidance", "classifier_free_guidance_cached", "count_nfe",
+    "SamplerConfig",
 ]
 
 
@@ -222,3 +224,65 @@ def count_nfe(grid_len: int, solver: str | Solver = "euler") -> int:
     """Velocity evaluations for a grid of ``grid_len`` points (``n = grid_len - 1`` steps)."""
     return (int(grid_len) - 1) * get_solver(solver).stages
 
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample a flow: the time grid, the number of steps, the solver and the CFG weight (hashable: a static
+    argument of jitted pipelines and a field of experiment configs). The one place these four are declared.
+
+    Attributes:
+      grid: a grid name (``cosine``, ``linear``, ``sway``, see :func:`fmjax.timesteps.time_grid`) or a tuple of
+        ``n_steps + 1`` increasing times from 0 to 1.
+      n_steps: ODE steps ``n`` (ignored for an explicit grid, which fixes it).
+      solver: ``euler``, ``midpoint``, ``heun`` or ``rk4``.
+      cfg_weight: classifier-free guidance weight ``w`` (CosyVoice: 0.7; 0 = no unconditional pass).
+    """
+
+    grid: str | tuple = "cosine"
+    n_steps: int = 10
+    solver: str = "euler"
+    cfg_weight: float = 0.7
+
+    def __post_init__(self):
+        if not isinstance(self.grid, str):
+            try:
+                object.__setattr__(self, "grid", tuple(float(g) for g in np.asarray(self.grid, np.float64).reshape(-1)))
+            except (TypeError, ValueError):
+                raise ValueError(f"grid: expected a grid name or a sequence of times, got {self.grid!r}") from None
+        if not (isinstance(self.n_steps, int) and not isinstance(self.n_steps, bool) and self.n_steps >= 1):
+            raise ValueError(f"n_steps: expected an int >= 1, got {self.n_steps!r}")
+        get_solver(self.solver)
+        w = self.cfg_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float, np.floating, np.integer)) or not np.isfinite(w) \
+                or w < 0:
+            raise ValueError(f"cfg_weight: expected a finite guidance weight >= 0, got {w!r}")
+        object.__setattr__(self, "cfg_weight", float(w))
+        try:
+            grid = self.time_grid()
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"grid: {e}") from None
+        if not isinstance(self.grid, str):
+            object.__setattr__(self, "n_steps", len(grid) - 1)
+
+    def time_grid(self) -> np.ndarray:
+        """The ``[n + 1]`` float32 times (data: a jitted sampler reuses its compilation for new values)."""
+        from fmjax.timesteps import time_grid
+
+        if isinstance(self.grid, str):
+            return np.asarray(time_grid(self.grid, self.n_steps), np.float32)
+        return np.asarray(time_grid(np.asarray(self.grid, np.float32)), np.float32)
+
+    @property
+    def nfe(self) -> int:
+        """Velocity evaluations per sample (a CFG pair counts once)."""
+        return self.n_steps * get_solver(self.solver).stages
+
+    def guided(self, velocity: Callable, *, cached: bool = False) -> Callable:
+        """``velocity`` with this config's classifier-free guidance (unchanged for ``cfg_weight == 0``); ``cached``
+        for a streaming velocity ``velocity(t, x, cond, cache) -> (v, cache)``."""
+        if self.cfg_weight == 0.0:
+            return velocity
+        if cached:
+            return classifier_free_guidance_cached(velocity, self.cfg_weight)
+        return classifier_free_guidance(velocity, self.cfg_weight)

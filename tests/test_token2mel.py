@@ -14,7 +14,10 @@ from fmjax.cond import MelCond
 from fmjax.loss import LossDraws
 from fmjax.noise import cosyvoice_noise
 from fmjax.timesteps import time_grid
-from fmjax.token2mel import COSYVOICE2_LOSS, _token2mel, cfm_loss, flow_loss, pack_prompt, token2mel
+from fmjax.nn.masks import ChunkSpec
+from fmjax.nn.tokens import frame_mask
+from fmjax.pipelines.token2mel import _token2mel
+from fmjax.token2mel import COSYVOICE2_LOSS, UnifiedChunks, cfm_loss, flow_loss, pack_prompt, token2mel
 from tests.conftest import load_fixture
 from tests.models.test_flow import small, tiny_flow  # noqa: F401  (small is a fixture)
 
@@ -186,31 +189,56 @@ def test_flow_loss_ignores_padding(loss_and_grad):
 
 
 def test_flow_loss_unified_training_one_compilation(loss_and_grad):
-    """One compiled step picks chunk masks or full context per batch (about half each); chunk_prob 1 / 0 give
-    exactly the chunk-masked / full-context losses of the same draws."""
+    """One compiled step draws chunk masks or full context per row (about half each); chunk_prob 1 / 0 give exactly
+    the chunk-masked / full-context losses of the same draws; a per-row mix gives each row its own mode's loss."""
     model, params, fn = loss_and_grad
     batch = _batch(5, (7, 7))
-    flags = [float(fn(params, batch, jax.random.key(i), 0.5)[0][1]["chunk_masked"]) for i in range(24)]
+    shares = [float(fn(params, batch, jax.random.key(i), 0.5)[0][1]["chunk_masked"]) for i in range(24)]
     assert fn._cache_size() == 1
-    assert 4 <= sum(flags) <= 20, f"chunk masks chosen in {sum(flags)} of 24 batches"
+    assert 8 <= 2 * sum(shares) <= 40, f"chunk masks chosen for {2 * sum(shares)} of 48 rows"
+    assert 0.5 in shares  # rows of one batch are drawn independently (a mixed batch occurs)
     key = jax.random.key(7)
-    chunked, full = (float(fn(params, batch, key, prob)[0][0]) for prob in (1.0, 0.0))
-    assert abs(chunked - full) > 1e-4  # the two mask kinds differ on these lengths
+    (chunked, aux_c), _ = fn(params, batch, key, 1.0)
+    (full, aux_f), _ = fn(params, batch, key, 0.0)
+    assert fn._cache_size() == 1  # the mode is data: no second program
+    assert abs(float(chunked) - float(full)) > 1e-4  # the two mask kinds differ on these lengths
     _, key_loss = jax.random.split(key)
 
     @jax.jit
-    def direct(params, batch):
+    def direct(params, batch, chunked_rows):
         spks = model.apply(params, batch["spk"], method="speaker")
-        out = []
-        for masked in (True, False):
-            mu, mask = model.apply(params, batch["tokens"], batch["token_len"], chunk_masked=masked, method="encode")
-            cond = MelCond(mu, spks, jnp.zeros_like(mu), mask)
-            out.append(cfm_loss(model, params, batch["mel"], cond, key_loss, streaming=masked)[0])
-        return out
+        chunk = model.config.chunk_spec(chunked_rows)
+        mu, _ = model.apply(params, batch["tokens"], batch["token_len"], chunk=chunk, method="encode")
+        mask = frame_mask(batch["token_len"], *batch["tokens"].shape, 2)
+        cond = MelCond(mu, spks, jnp.zeros_like(mu), mask, chunk.scaled(2))
+        return cfm_loss(model, params, batch["mel"], cond, key_loss)
 
-    ref_chunked, ref_full = (float(v) for v in direct(params, batch))
-    assert abs(ref_chunked - chunked) < 1e-5, f"chunk masks: {chunked} vs direct {ref_chunked} (tol 1e-5)"
-    assert abs(ref_full - full) < 1e-5, f"full context: {full} vs direct {ref_full} (tol 1e-5)"
+    for rows, got, aux in (((True, True), chunked, aux_c), ((False, False), full, aux_f)):
+        ref, ref_aux = direct(params, batch, jnp.array(rows))
+        assert abs(float(ref) - float(got)) < 1e-5, f"rows {rows}: {float(got)} vs direct {float(ref)} (tol 1e-5)"
+        np.testing.assert_allclose(np.asarray(aux["per_example"]), np.asarray(ref_aux["per_example"]), atol=1e-5)
+    # a mixed batch: each row's per-example loss is the one of its own mode
+    _, mixed = direct(params, batch, jnp.array([True, False]))
+    np.testing.assert_allclose(np.asarray(mixed["per_example"]),
+                               [float(aux_c["per_example"][0]), float(aux_f["per_example"][1])], atol=1e-5)
+
+
+def test_flow_loss_chunk_policies():
+    """Per-batch unified draws and WeNet's dynamic chunks are data too (any chunk size per row)."""
+    model, params = tiny_flow()
+    batch = _batch(5, (7, 7))
+    per_batch = UnifiedChunks(0.5, per_row=False)
+    shares = {float(flow_loss(model, params, batch, jax.random.key(i), chunks=per_batch)[1]["chunk_masked"])
+              for i in range(12)}
+    assert shares == {0.0, 1.0}  # whole batches, never a mix
+    from fmjax.token2mel import DynamicChunks
+
+    sizes = np.concatenate([np.asarray(flow_loss(model, params, batch, jax.random.key(i),
+                                                 chunks=DynamicChunks(max_chunk=3))[1]["chunk"]) for i in range(8)])
+    assert set(sizes.tolist()) - {1, 2, 3, ChunkSpec.full(1).size[0].item()} == set()
+    assert len(set(sizes.tolist())) >= 3
+    with pytest.raises(TypeError, match="chunks"):
+        flow_loss(model, params, batch, jax.random.key(0), chunks=0.5)
 
 
 def test_flow_loss_bad_batch():

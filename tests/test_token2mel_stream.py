@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fmjax.token2mel import token2mel
-from fmjax.token2mel_stream import StreamState, Token2MelStream, _advance
+from fmjax.pipelines.stream import _advance
+from fmjax.token2mel_stream import StreamState, Token2MelStream
 from tests.models.test_flow import tiny_flow
 
 STEPS = 3  # ODE steps
@@ -103,7 +104,7 @@ def test_stream_emits_after_prompt_and_waits_for_lookahead():
     model, params = tiny_flow(chunk=2)
     tokens, emb, prompt, pmel = _data(3, 1, 9, 5)
     stream = Token2MelStream(model, window_tokens=14, n_steps=STEPS)
-    split = stream.prepare_params(params)  # mid stages split per stage (the 40-chunk test streams raw params)
+    split = stream.prepare_params(params)  # params on the device (one layout: the same as offline)
     state = stream.init(split, emb, prompt, pmel)
     counts, frames = [], []
     for start in (0, 2, 4, 6, 8):
@@ -116,6 +117,100 @@ def test_stream_emits_after_prompt_and_waits_for_lookahead():
     offline = token2mel(model, params, tokens, emb, prompt_tokens=prompt, prompt_mel=pmel, streaming=True,
                         n_steps=STEPS)
     _assert_rows_equal([np.concatenate(frames)], offline, [9], "P=5, C=2")
+
+
+def _feed_row(stream, params, tokens, n, emb, prompt, pmel, plen, delay, steps):
+    """One row's schedule over ``steps`` calls as a batch-1 stream: idle for ``delay`` calls, then C tokens per call
+    with the look-ahead, final with its last chunk. Returns the per-call ``(tokens, lookahead, n, n_ahead, final)``."""
+    c = stream.model.config.chunk_size
+    calls = []
+    for k in range(steps):
+        start = (k - delay) * c
+        if k < delay or start >= n:
+            calls.append((np.zeros(c, np.int64), np.zeros(LOOKAHEAD, np.int64), 0, 0, start >= n))
+            continue
+        left = n - start
+        calls.append((np.pad(tokens[start:start + c], (0, max(0, c - len(tokens[start:start + c])))),
+                      np.pad(tokens[start + c:start + c + LOOKAHEAD], (0, LOOKAHEAD - len(tokens[start + c:start + c + LOOKAHEAD]))),
+                      min(left, c), int(np.clip(left - c, 0, LOOKAHEAD)), left <= c))
+    return calls
+
+
+def test_stream_rows_at_different_positions_equal_each_alone():
+    """8 streams with different prompts, lengths and start times (so different stream positions at every call) in
+    one batched state: each equals the same stream run alone (1e-5) and its offline chunk-masked inference (1e-4);
+    the batched step compiles once."""
+    model, params = tiny_flow(chunk=2)
+    c, b = 2, 8
+    rng = np.random.default_rng(11)
+    plens = np.array([0, 1, 2, 3, 4, 5, 3, 1])
+    lengths = np.array([9, 4, 7, 2, 11, 6, 8, 5])
+    delays = np.array([0, 2, 1, 0, 3, 1, 0, 2])
+    tokens, emb, prompt, pmel = _data(21, b, int(lengths.max()), int(plens.max()))
+    steps = int(max(delays + -(-lengths // c))) + 1
+    window = 16
+    stream = Token2MelStream(model, window_tokens=window, n_steps=STEPS)
+    calls = [_feed_row(stream, params, tokens[i], lengths[i], emb[i], prompt[i], pmel[i], plens[i], delays[i], steps)
+             for i in range(b)]
+    state = stream.init(params, emb, prompt, pmel, prompt_lengths=plens)
+    before = _advance._cache_size()
+    outs = [[] for _ in range(b)]
+    for k in range(steps):
+        tok, ahead, n, na, fin = (np.array([calls[i][k][j] for i in range(b)]) for j in range(5))
+        state, out = stream.step(params, state, tok, ahead, lengths=n, lookahead_lengths=na, final=fin.astype(bool))
+        for i in range(b):
+            outs[i].append(np.asarray(out.mel[i, : int(out.lengths[i])]))
+    assert _advance._cache_size() - before <= 1
+    assert state.ended.all()
+    batched = [np.concatenate(o) for o in outs]
+    for i in range(b):  # the same stream alone (batch 1, no idle calls)
+        alone_state = stream.init(params, emb[i:i + 1], prompt[i:i + 1, : plens[i]], pmel[i:i + 1, : 2 * plens[i]])
+        frames = []
+        for tok, ahead, n, na, fin in calls[i][delays[i]:]:
+            if n == 0 and not fin:
+                continue
+            alone_state, out = stream.step(params, alone_state, tok[None], ahead[None], lengths=np.array([n]),
+                                           lookahead_lengths=np.array([na]), final=bool(fin))
+            frames.append(np.asarray(out.mel[0, : int(out.lengths[0])]))
+            if fin:
+                break
+        alone = np.concatenate(frames)
+        assert batched[i].shape == alone.shape == (2 * lengths[i], 80)
+        err = float(np.abs(batched[i] - alone).max())
+        assert err < 1e-5, f"row {i}: batched vs alone max abs error {err:.3g} (tol 1e-5)"
+        offline = token2mel(model, params, tokens[i:i + 1, : lengths[i]], emb[i:i + 1],
+                            prompt_tokens=prompt[i:i + 1, : plens[i]] if plens[i] else None,
+                            prompt_mel=pmel[i:i + 1, : 2 * plens[i]] if plens[i] else None, streaming=True,
+                            n_steps=STEPS)
+        _assert_rows_equal([batched[i]], offline, [lengths[i]], f"row {i} offline")
+
+
+def test_stream_contracts():
+    """The look-ahead must equal the tokens that follow (error names row and position); a consumed state and a
+    state of another stream configuration are rejected."""
+    model, params = tiny_flow(chunk=2)
+    stream = Token2MelStream(model, window_tokens=8, n_steps=STEPS)
+    emb = np.ones((2, 12), np.float32)
+    state = stream.init(params, emb)
+    state, _ = stream.step(params, state, np.array([[1, 2], [3, 4]]), np.array([[5, 6, 7], [8, 9, 10]]))
+    with pytest.raises(ValueError, match=r"tokens: row 1, stream position 3: got token 11, but the look-ahead"):
+        stream.step(params, state, np.array([[5, 6], [8, 11]]), np.array([[7, 1, 1], [10, 1, 1]]))
+    with pytest.raises(ValueError, match=r"lookahead: row 0, stream position 4: got token 9"):
+        stream.step(params, state, np.array([[5, 6], [8, 9]]), np.array([[9, 1, 1], [10, 1, 1]]))
+    new, _ = stream.step(params, state, np.array([[5, 6], [8, 9]]), np.array([[7, 1, 1], [10, 1, 1]]))
+    with pytest.raises(ValueError, match="state: already consumed"):
+        stream.step(params, state, np.array([[7, 1], [10, 1]]))
+    other = Token2MelStream(model, window_tokens=10, n_steps=STEPS)
+    with pytest.raises(ValueError, match="state: made by another stream configuration"):
+        other.step(params, new, np.array([[7, 1], [10, 1]]))
+    with pytest.raises(ValueError, match="embedding: expected finite values"):
+        stream.init(params, np.full((2, 12), np.nan, np.float32))
+    with pytest.raises(ValueError, match="prompt_mel: expected finite values"):
+        stream.init(params, emb, np.ones((2, 1), np.int64), np.full((2, 2, 80), np.inf, np.float32))
+    with pytest.raises(ValueError, match="noise: expected finite values"):
+        stream.init(params, emb, noise=np.full((100, 80), np.nan, np.float32))
+    with pytest.raises(ValueError, match="noise: a table of 3 frames"):
+        stream.init(params, emb, noise=np.zeros((3, 80), np.float32))
 
 
 def test_stream_bad_input():

@@ -40,12 +40,19 @@ import numpy as np
 from fmjax.nn.attention import KVCache, init_kv_cache
 from fmjax.nn.conformer import ConformerLayer
 from fmjax.nn.conv import CausalConv1d, Conv1d, ConvCache
-from fmjax.nn.masks import attention_mask
+from fmjax.nn.masks import ChunkSpec, attention_mask
+from fmjax.nn.tokens import (  # noqa: F401  (TokenEmbedding, PreLookahead, check_token_ids: also re-exported here)
+    LEAKY_SLOPE,
+    LOOKAHEAD_CONV2_KERNEL,
+    PreLookahead,
+    TokenEmbedding,
+    check_token_ids,
+    token_mask,
+)
 from fmjax.nn.transformer import layer_norm
+from fmjax.streaming import check_cache_shapes, keep_idle_rows
 from fmjax.typing import Array, Bool, Float, Int
 
-LOOKAHEAD_CONV2_KERNEL = 3  # hard-coded in torch's PreLookaheadLayer
-LEAKY_SLOPE = 0.01  # F.leaky_relu's default, used by PreLookaheadLayer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +113,7 @@ class EncoderConfig:
 
 
 class EncoderCache(NamedTuple):
-    """Streaming state of :class:`UpsampleConformerEncoder` (every leaf has the batch axis first, except the
-    ``count`` scalars of the ring buffers).
+    """Streaming state of :class:`UpsampleConformerEncoder` (every leaf has the batch axis first).
 
     Attributes:
       lookahead: the last 2 ``conv1`` outputs (input history of ``conv2``), ``[b, 2, lookahead_channels]``.
@@ -122,71 +128,6 @@ class EncoderCache(NamedTuple):
     up_encoders: tuple[KVCache, ...]
 
 
-def _frame_mask(mask, b: int, t: int, name: str = "mask") -> Bool[Array, "b t"]:
-    """``[b, t]`` bool from None (all valid), ``[b]`` int lengths or a ``[b, t]`` 0/1 mask."""
-    if mask is None:
-        return jnp.ones((b, t), bool)
-    m = jnp.asarray(mask)
-    if m.ndim == 1:
-        if m.shape != (b,):
-            raise ValueError(f"{name}: expected lengths of shape [{b}] or a mask of shape [{b}, {t}], got {m.shape}")
-        if not jnp.issubdtype(m.dtype, jnp.integer):
-            raise TypeError(f"{name}: lengths must be integers, got dtype {m.dtype}")
-        return jnp.arange(t)[None, :] < m[:, None]  # [b, t]
-    if m.shape != (b, t):
-        raise ValueError(f"{name}: expected lengths of shape [{b}] or a mask of shape [{b}, {t}], got {m.shape}")
-    return m.astype(bool)
-
-
-def check_token_ids(tokens, vocab_size: int, mask=None) -> None:
-    """Raises ``ValueError`` if a token at a valid position is outside ``[0, vocab_size)``.
-
-    Padded positions (``mask`` 0) may hold anything (e.g. -1). The check needs concrete values; under ``jit``
-    (tracers) it is skipped, so call it on the host before a jitted step.
-    """
-    if isinstance(tokens, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
-        return
-    ids = np.asarray(tokens)
-    if ids.ndim != 2:
-        raise ValueError(f"tokens: expected shape [b, t], got {ids.shape}")
-    valid = np.asarray(_frame_mask(mask, *ids.shape, name="mask"))
-    bad = valid & ((ids < 0) | (ids >= vocab_size))
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise ValueError(
-            f"tokens: {int(bad.sum())} id(s) outside the vocabulary [0, {vocab_size}) at valid positions, "
-            f"first tokens[{i}, {j}] = {int(ids[i, j])}"
-        )
-
-
-class TokenEmbedding(nn.Module):
-    """CosyVoice's ``input_embedding``: ``table[id] · mask`` (param ``embedding [vocab, d]``).
-
-    Ids at padded positions are clamped into range before the lookup (torch clamps them at 0) and the result is
-    zeroed there. Out-of-vocabulary ids at valid positions raise ``ValueError`` when the ids are concrete
-    (see :func:`check_token_ids`); inside ``jit`` they are clamped.
-
-    Attributes:
-      vocab_size: number of tokens (6561 for CosyVoice2).
-      dim: embedding width.
-    """
-
-    vocab_size: int
-    dim: int
-
-    @nn.compact
-    def __call__(self, tokens: Int[Array, "b t"], mask=None) -> Float[Array, "b t d"]:
-        """``tokens [b, t]`` int, ``mask`` ``[b, t]`` 0/1 or ``[b]`` lengths -> ``[b, t, d]``."""
-        tokens = tokens if isinstance(tokens, jax.core.Tracer) else jnp.asarray(tokens)
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise TypeError(f"tokens: expected integer ids, got dtype {tokens.dtype}")
-        check_token_ids(tokens, self.vocab_size, mask)
-        valid = _frame_mask(mask, *tokens.shape)
-        table = self.param("embedding", nn.initializers.normal(1.0), (self.vocab_size, self.dim))
-        emb = jnp.take(table, jnp.clip(tokens, 0, self.vocab_size - 1), axis=0)  # [b, t, d]
-        return emb * valid[..., None].astype(emb.dtype)
-
-
 class LinearEmbed(nn.Module):
     """WeNet ``LinearNoSubsampling`` + ``EspnetRelPositionalEncoding``: ``LN(linear(x))·√d`` (params ``linear``,
     ``norm``)."""
@@ -199,26 +140,6 @@ class LinearEmbed(nn.Module):
         """``[b, t, e]`` -> ``[b, t, d]``."""
         h = layer_norm(self.eps, "norm")(nn.Dense(self.dim, name="linear")(x))  # [b, t, d]
         return h * math.sqrt(self.dim)
-
-
-class PreLookahead(nn.Module):
-    """``conv2(leaky_relu(conv1(x_ext))) + x`` where ``x_ext`` is ``x`` followed by ``lookahead`` frames and
-    ``conv2`` is causal (params ``conv1``, ``conv2``)."""
-
-    lookahead: int
-    channels: int
-
-    @nn.compact
-    def __call__(
-        self, x_ext: Float[Array, "b te d"], cache: ConvCache | None = None
-    ) -> tuple[Float[Array, "b t d"], ConvCache | None]:
-        """``x_ext [b, t + lookahead, d]`` -> ``(y [b, t, d], new_cache)``; the cache holds ``conv2``'s input
-        history (``None`` offline = zeros before the start)."""
-        t = x_ext.shape[1] - self.lookahead
-        a = Conv1d(self.channels, self.lookahead + 1, name="conv1")(x_ext)  # [b, t, c]
-        a = nn.leaky_relu(a, LEAKY_SLOPE)
-        y, cache = CausalConv1d(x_ext.shape[-1], LOOKAHEAD_CONV2_KERNEL, name="conv2")(a, cache)  # [b, t, d]
-        return y + x_ext[:, :t], cache
 
 
 class Upsample(nn.Module):
@@ -252,8 +173,9 @@ class UpsampleConformerEncoder(nn.Module):
         *,
         context: Float[Array, "b l e"] | None = None,
         context_lengths: Int[Array, "b"] | None = None,
-        chunk_masked: bool = False,
+        chunk: ChunkSpec | None = None,
         cache: EncoderCache | None = None,
+        chunk_masked: bool | None = None,
     ):
         """Offline (``cache=None``) or one streaming step.
 
@@ -266,17 +188,32 @@ class UpsampleConformerEncoder(nn.Module):
           context_lengths: ``[b]`` valid context frames per row (default: all ``l``). For the final flush pass
             0 (or ``context=None``): zeros given as context are embedded, not treated as absent. Streaming,
             rows whose chunk is shorter than ``C`` get no look-ahead.
-          chunk_masked: offline only: chunk masks (torch ``streaming=True``) instead of full context.
-            Streaming is always chunk-masked.
-          cache: an :class:`EncoderCache` from :meth:`init_cache` for a streaming step.
+          chunk: offline only: per-row chunk attention in **tokens** (a :class:`~fmjax.nn.masks.ChunkSpec`; the
+            second stack uses it scaled by the stride); None = full context. CosyVoice2's chunk-masked mode (torch
+            ``streaming=True``) is ``ChunkSpec.chunked(b, static_chunk_size, num_left_chunks)``. Streaming is always
+            chunk-masked with the config's chunks.
+          cache: an :class:`EncoderCache` from :meth:`init_cache` for a streaming step; a row whose chunk has no
+            valid token is idle (its cache does not change).
+          chunk_masked: deprecated (offline only): ``True`` = the config's chunks for every row.
 
         Returns:
-          Offline: ``(h [b, stride·t, d], mask [b, stride·t] float32)``.
-          Streaming: ``(h [b, stride·C, d], new_cache)``; the first ``stride·length`` frames of a row are valid.
+          ``(h, new_cache)``: offline ``h [b, stride·t, d]`` and None; streaming ``h [b, stride·C, d]`` (the first
+          ``stride·length`` frames of a row are valid) and the new cache. The frame mask is the token mask
+          repeated ``stride`` times (:func:`fmjax.nn.tokens.frame_mask`).
         """
         cfg = self.config
         b, t = self._check_inputs(x, context, context_lengths, chunk_masked, cache)
-        valid = _frame_mask(mask, b, t)
+        if chunk_masked:
+            if chunk is not None:
+                raise ValueError("chunk_masked: give either chunk or the deprecated chunk_masked=True, not both")
+            chunk = ChunkSpec.chunked(b, cfg.static_chunk_size, cfg.num_left_chunks)
+        if chunk is not None:
+            if cache is not None:
+                raise ValueError("chunk: a streaming step (cache given) uses the config's chunks; pass chunk=None")
+            if not isinstance(chunk, ChunkSpec):
+                raise TypeError(f"chunk: expected a fmjax.nn.masks.ChunkSpec or None, got {type(chunk).__name__}")
+            chunk.check(b)
+        valid = token_mask(mask, b, t)
         embed = LinearEmbed(cfg.output_size, cfg.embed_eps, name="embed")
         pre = PreLookahead(cfg.pre_lookahead_len, cfg.lookahead_channels, name="pre_lookahead_layer")
         encoders = [
@@ -306,15 +243,15 @@ class UpsampleConformerEncoder(nn.Module):
 
         valid2 = jnp.repeat(valid, s, axis=1)  # [b, s·c]
         if cache is None:
-            chunk = cfg.static_chunk_size if chunk_masked else 0
-            mask1, mask2 = attention_mask(valid, chunk, left), attention_mask(valid2, s * chunk, left)
+            mask1 = attention_mask(valid, chunk)  # [b, t, t] (or [b, 1, t] for full context)
+            mask2 = attention_mask(valid2, None if chunk is None else chunk.scaled(s))  # [b, s·t, s·t]
             for layer in encoders:
                 h, _ = layer(h, mask1)
             h, _ = up_layer(h)  # [b, s·t, d]
             h = up_embed(h)
             for layer in up_encoders:
                 h, _ = layer(h, mask2)
-            return after_norm(h), valid2.astype(jnp.float32)
+            return after_norm(h), None
 
         kv1 = []
         for layer, kv in zip(encoders, cache.encoders):
@@ -326,7 +263,8 @@ class UpsampleConformerEncoder(nn.Module):
         for layer, kv in zip(up_encoders, cache.up_encoders):
             h, kv = layer(h, None, kv, valid=valid2, chunk_size=s * c, num_left_chunks=left)
             kv2.append(kv)
-        return after_norm(h), EncoderCache(lookahead_cache, upsample_cache, tuple(kv1), tuple(kv2))
+        new_cache = EncoderCache(lookahead_cache, upsample_cache, tuple(kv1), tuple(kv2))
+        return after_norm(h), keep_idle_rows(jnp.any(valid, axis=1), new_cache, cache)  # idle rows keep their state
 
     @nn.nowrap
     def _lookahead(self, embed, context, context_lengths, full, b, dtype) -> Float[Array, "b l d"]:
@@ -351,8 +289,11 @@ class UpsampleConformerEncoder(nn.Module):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"x: expected a floating dtype, got {x.dtype}")
         b, t = x.shape[:2]
-        if not isinstance(chunk_masked, bool):
-            raise TypeError(f"chunk_masked: expected a Python bool (static), got {type(chunk_masked).__name__}")
+        if chunk_masked is not None and not isinstance(chunk_masked, bool):
+            raise TypeError(f"chunk_masked: expected a Python bool (deprecated; pass chunk), got "
+                            f"{type(chunk_masked).__name__}")
+        if chunk_masked and cache is not None:
+            raise ValueError("chunk_masked: a streaming step (cache given) is always chunk-masked; leave it unset")
         if context is not None:
             if (len(context.shape) != 3 or context.shape[0] != b or context.shape[1] > cfg.pre_lookahead_len
                     or context.shape[2] != cfg.input_size):
@@ -373,15 +314,7 @@ class UpsampleConformerEncoder(nn.Module):
         if cache_b != b:
             raise ValueError(f"cache: made for batch {cache_b}, but x has batch {b}")
         window = cache.encoders[0].pos.shape[1] if cache.encoders else cfg.static_chunk_size
-        expected = jax.eval_shape(lambda: self.init_cache(b, window))
-        got = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), cache)
-        if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(expected):
-            raise ValueError(
-                f"cache: structure does not match this config (layers {cfg.num_blocks}/{cfg.num_up_blocks})"
-            )
-        for (path, e), g in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree_util.tree_leaves(got)):
-            if e.shape != g.shape:
-                raise ValueError(f"cache{jax.tree_util.keystr(path)}: expected shape {e.shape}, got {g.shape}")
+        check_cache_shapes(cache, jax.eval_shape(lambda: self.init_cache(b, window)), f"batch {b}, window {window}")
         return b, t
 
     @nn.nowrap

@@ -12,10 +12,10 @@ Parts (SPEC §1; Flax names = torch names with dots as ``/``):
                             ``decoder.estimator``; the CFM wrapper itself has no parameters)
 ==========================  ===============================================================================
 
-The module has several entry points (``speaker``, ``encode``, ``estimate``), like Flax's lm1b ``Transformer``
-(``encode``/``decode``), so it declares its parts in ``setup``; ``__call__`` runs all of them once (for
-``init``). Samplers, CFG and the loss see only closures built from ``estimate``; inference lives in
-:mod:`fmjax.token2mel` and :mod:`fmjax.token2mel_stream`.
+The module has several entry points (``speaker``, ``encode``, ``estimate``: the :class:`fmjax.models.protocol.Flow`
+protocol), like Flax's lm1b ``Transformer`` (``encode``/``decode``), so it declares its parts in ``setup``;
+``__call__`` runs all of them once (for ``init``). Samplers, CFG and the loss see only closures built from
+``estimate`` (:func:`fmjax.pipelines.common.flow_velocity`); inference lives in :mod:`fmjax.pipelines`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,18 @@ import jax
 import jax.numpy as jnp
 
 from fmjax.cond import MelCond
-from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig, split_mid_params
-from fmjax.models.encoder import EncoderConfig, TokenEmbedding, UpsampleConformerEncoder
+from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig, unstack_mid_params
+from fmjax.models.encoder import EncoderConfig, UpsampleConformerEncoder
+from fmjax.nn.masks import ChunkSpec
+from fmjax.nn.tokens import (  # noqa: F401  (speaker helpers: also importable from here, as before)
+    SPEAKER_NORM_EPS,
+    TokenEmbedding,
+    check_speaker_embedding,
+    frame_mask,
+    normalize_speaker,
+    project_speaker,
+)
 from fmjax.typing import Array, Float, Int
-
-SPEAKER_NORM_EPS = 1e-12  # F.normalize's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,29 +116,24 @@ class Token2MelConfig:
         """Width of the projected speaker vector (``MelCond.spks``)."""
         return self.estimator.spk_dim
 
+    @property
+    def causal(self) -> bool:
+        """Chunk-masked mode and streaming: yes."""
+        return True
 
-def normalize_speaker(embedding: Float[Array, "b s"]) -> Float[Array, "b s"]:
-    """torch ``F.normalize(embedding, dim=1)``: ``x / max(‖x‖, 1e-12)``."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(embedding), axis=-1, keepdims=True))
-    return embedding / jnp.maximum(norm, SPEAKER_NORM_EPS)
-
-
-def check_speaker_embedding(embedding, batch: int | None, dim: int, name: str = "embedding") -> None:
-    """Raises ``ValueError``/``TypeError`` unless ``embedding`` is a float ``[batch, dim]`` array."""
-    shape = getattr(embedding, "shape", None)
-    if shape is None or len(shape) != 2 or shape[1] != dim or (batch is not None and shape[0] != batch):
-        expected = f"[{'b' if batch is None else batch}, {dim}]"
-        raise ValueError(f"{name}: expected a speaker embedding of shape {expected}, got {shape}")
-    if not jnp.issubdtype(embedding.dtype, jnp.floating):
-        raise TypeError(f"{name}: expected a floating dtype, got {embedding.dtype}")
+    def chunk_spec(self, chunked) -> ChunkSpec:
+        """The token-level :class:`~fmjax.nn.masks.ChunkSpec` of CosyVoice2's chunk-masked mode (the streaming
+        chunks) for rows where ``chunked [b]`` (bool) is True, full context elsewhere."""
+        return ChunkSpec.rows(chunked, self.chunk_size, self.num_left_chunks)
 
 
 class CosyVoice2Flow(nn.Module):
-    """CosyVoice2's token-to-mel flow (see the module docstring). Entry points, via ``apply(..., method=...)``:
+    """CosyVoice2's token-to-mel flow (see the module docstring); a :class:`fmjax.models.protocol.Flow`. Entry points,
+    via ``apply(..., method=...)``:
 
     * :meth:`speaker`: ``embedding [b, 192]`` -> ``spks [b, 80]``;
-    * :meth:`encode`: tokens -> ``mu`` (offline, or one streaming chunk with the encoder's cache);
-    * :meth:`estimate`: the estimator's velocity (offline, or one streaming chunk with its cache).
+    * :meth:`encode`: tokens -> ``(mu, cache)`` (offline, or one streaming chunk with the encoder's cache);
+    * :meth:`estimate`: the estimator's ``(v, cache)`` (offline, or one streaming chunk with its cache).
     """
 
     config: Token2MelConfig = Token2MelConfig()
@@ -148,15 +150,15 @@ class CosyVoice2Flow(nn.Module):
         self, tokens: Int[Array, "b n"], embedding: Float[Array, "b s"], x: Float[Array, "b t m"], t
     ) -> Float[Array, "b t m"]:
         """Runs every part once (for ``init``): velocity at ``t`` of ``x [b, 2n, m]`` given the tokens, no prompt."""
-        mu, mask = self.encode(tokens)
+        mu, _ = self.encode(tokens)
         spks = self.speaker(embedding)
+        mask = frame_mask(None, *tokens.shape, self.config.token_mel_ratio)
         v, _ = self.estimate(x, MelCond(mu, spks, jnp.zeros_like(mu), mask), t)
         return v
 
     def speaker(self, embedding: Float[Array, "b s"]) -> Float[Array, "b e"]:
         """``spk_embed_affine_layer(F.normalize(embedding))``: ``[b, spk_embed_dim]`` -> ``[b, spk_dim]``."""
-        check_speaker_embedding(embedding, None, self.config.spk_embed_dim)
-        return self.spk_embed_affine_layer(normalize_speaker(embedding))  # [b, spk_dim]
+        return project_speaker(self.spk_embed_affine_layer, embedding, self.config.spk_embed_dim)
 
     def encode(
         self,
@@ -165,9 +167,10 @@ class CosyVoice2Flow(nn.Module):
         *,
         context: Int[Array, "b l"] | None = None,
         context_lengths: Int[Array, "b"] | None = None,
-        chunk_masked: bool = False,
+        chunk: ChunkSpec | None = None,
         cache=None,
-        return_hidden: bool = False,
+        return_aux: bool = False,
+        chunk_masked: bool | None = None,
     ):
         """Tokens -> ``mu`` at the mel frame rate.
 
@@ -178,28 +181,34 @@ class CosyVoice2Flow(nn.Module):
           context: ``[b, l <= 3]`` ids of the look-ahead tokens after ``tokens`` (torch's ``context``); None = none
             (zeros, torch's ``finalize``).
           context_lengths: ``[b]`` valid look-ahead tokens per row (default all ``l``).
-          chunk_masked: offline only: chunk attention masks (torch ``streaming=True``).
+          chunk: offline only: per-row chunk attention in tokens (:class:`~fmjax.nn.masks.ChunkSpec`; None = full
+            context). CosyVoice2's chunk-masked mode is :meth:`Token2MelConfig.chunk_spec`.
           cache: an :class:`~fmjax.models.encoder.EncoderCache` for one streaming step.
-          return_hidden: also return the encoder output before ``encoder_proj`` (torch ``encoder_out``).
+          return_aux: also return ``{"hidden": h [b, r·n, d]}``, the encoder output before ``encoder_proj`` (torch
+            ``encoder_out``).
+          chunk_masked: deprecated (offline only): ``True`` = the config's chunks for every row.
 
         Returns:
-          Offline ``(mu [b, r·n, m], mask [b, r·n])``; streaming ``(mu [b, r·C, m], new_cache)``; with
-          ``return_hidden`` a third element ``h [b, r·n, d]``. ``r`` = token_mel_ratio.
+          ``(mu, cache)``: offline ``mu [b, r·n, m]`` and None; streaming ``mu [b, r·C, m]`` and the new cache;
+          with ``return_aux`` a third element. ``r`` = token_mel_ratio; the frame mask is
+          :func:`fmjax.nn.tokens.frame_mask` of the token mask.
         """
         emb = self.input_embedding(tokens, mask)  # [b, n, e]
         ctx = None
         if context is not None:
             ctx = self.input_embedding(context, context_lengths)  # [b, l, e]
-        h, state = self.encoder(
-            emb, mask, context=ctx, context_lengths=context_lengths, chunk_masked=chunk_masked, cache=cache
+        h, cache = self.encoder(
+            emb, mask, context=ctx, context_lengths=context_lengths, chunk=chunk, cache=cache,
+            chunk_masked=chunk_masked,
         )  # [b, r·n, d]
         mu = self.encoder_proj(h)  # [b, r·n, m]
-        return (mu, state, h) if return_hidden else (mu, state)
+        return (mu, cache, {"hidden": h}) if return_aux else (mu, cache)
 
-    def estimate(self, x: Float[Array, "b t m"], cond: MelCond, t, cache=None, *, streaming: bool = False):
-        """The estimator: ``(v [b, t, m], aux)`` offline, ``(v_chunk, new_cache)`` streaming (see
+    def estimate(self, x: Float[Array, "b t m"], cond: MelCond, t, cache=None, *, return_aux: bool = False,
+                 streaming: bool | None = None):
+        """The estimator: ``(v, cache)`` (``cache`` None offline; see
         :class:`~fmjax.models.causal_unet.CausalConditionalDecoder`)."""
-        return self.decoder(x, cond, t, cache, streaming=streaming)
+        return self.decoder(x, cond, t, cache, return_aux=return_aux, streaming=streaming)
 
     @nn.nowrap
     def init_encoder_cache(self, batch: int, window_tokens: int, dtype=jnp.float32):
@@ -213,12 +222,10 @@ class CosyVoice2Flow(nn.Module):
 
     @nn.nowrap
     def streaming_params(self, variables: dict) -> dict:
-        """``variables`` with the estimator's stacked mid stages split per stage
-        (:func:`~fmjax.models.causal_unet.split_mid_params`): the streaming step then reads each stage's weights in
-        place instead of slicing them out of the stack at every evaluation. Same results; offline needs the
-        stacked form."""
+        """Deprecated: the streaming step and the offline forward share one layout. Converts the fmjax < 0.2 layout
+        (stacked or split mid stages) and passes the current one through."""
         params = dict(variables["params"])
-        params["decoder"] = split_mid_params({"params": params["decoder"]})["params"]
+        params["decoder"] = unstack_mid_params({"params": params["decoder"]})["params"]
         return {**variables, "params": params}
 
 

@@ -26,11 +26,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fmjax.cond import MelCond
-from fmjax.models.dit import DiT, DiTConfig
-from fmjax.models.encoder import LOOKAHEAD_CONV2_KERNEL, PreLookahead, TokenEmbedding
-from fmjax.models.flow import check_speaker_embedding, normalize_speaker
+from fmjax.models.dit import DiT, DiTConfig, unstack_block_params
 from fmjax.nn.conv import ConvCache
-from fmjax.nn.masks import padding_mask
+from fmjax.nn.masks import ChunkSpec
+from fmjax.nn.tokens import LOOKAHEAD_CONV2_KERNEL, PreLookahead, TokenEmbedding, project_speaker, token_mask
+from fmjax.streaming import keep_idle_rows
 from fmjax.typing import Array, Float, Int
 
 
@@ -87,6 +87,16 @@ class CosyVoice3FlowConfig:
     def spk_dim(self) -> int:
         return self.estimator.spk_dim
 
+    @property
+    def causal(self) -> bool:
+        """Chunk-masked mode and streaming: yes."""
+        return True
+
+    def chunk_spec(self, chunked) -> ChunkSpec:
+        """The token-level :class:`~fmjax.nn.masks.ChunkSpec` of the chunk-masked mode (the streaming chunks) for
+        rows where ``chunked [b]`` is True, full context elsewhere."""
+        return ChunkSpec.rows(chunked, self.chunk_size, self.num_left_chunks)
+
 
 class CosyVoice3Flow(nn.Module):
     """CosyVoice3's token-to-mel flow (see the module docstring)."""
@@ -104,14 +114,14 @@ class CosyVoice3Flow(nn.Module):
         self, tokens: Int[Array, "b n"], embedding: Float[Array, "b s"], x: Float[Array, "b t m"], t
     ) -> Float[Array, "b t m"]:
         """Runs every part once (for ``init``): velocity at ``t`` of ``x [b, r·n, m]``, no prompt."""
-        mu, mask = self.encode(tokens)
+        mu, _ = self.encode(tokens)
+        mask = jnp.repeat(token_mask(None, *tokens.shape), self.config.token_mel_ratio, axis=1).astype(jnp.float32)
         v, _ = self.estimate(x, MelCond(mu, self.speaker(embedding), jnp.zeros_like(x), mask), t)
         return v
 
     def speaker(self, embedding: Float[Array, "b s"]) -> Float[Array, "b e"]:
         """``spk_embed_affine_layer(F.normalize(embedding))``."""
-        check_speaker_embedding(embedding, None, self.config.spk_embed_dim)
-        return self.spk_embed_affine_layer(normalize_speaker(embedding))  # [b, spk_dim]
+        return project_speaker(self.spk_embed_affine_layer, embedding, self.config.spk_embed_dim)
 
     def encode(
         self,
@@ -120,33 +130,37 @@ class CosyVoice3Flow(nn.Module):
         *,
         context: Int[Array, "b l"] | None = None,
         context_lengths: Int[Array, "b"] | None = None,
-        chunk_masked: bool = False,
+        chunk: ChunkSpec | None = None,
         cache: ConvCache | None = None,
-        return_hidden: bool = False,
+        return_aux: bool = False,
+        chunk_masked: bool | None = None,
     ):
-        """Tokens -> ``mu`` (as :meth:`fmjax.models.flow.CosyVoice2Flow.encode`; ``chunk_masked`` has no effect
-        here). A streaming chunk is ``C`` tokens (shorter ones padded and masked); rows whose chunk is shorter
-        than ``C`` get no look-ahead. ``return_hidden`` adds the pre-lookahead output ``[b, n, token_dim]``."""
+        """Tokens -> ``(mu, cache)`` (as :meth:`fmjax.models.flow.CosyVoice2Flow.encode`; ``chunk`` and the deprecated
+        ``chunk_masked`` have no effect here: the token side has no attention). A streaming chunk is ``C`` tokens
+        (shorter ones padded and masked); rows whose chunk is shorter than ``C`` get no look-ahead, rows with no
+        valid token are idle. ``return_aux`` adds ``{"hidden": h [b, n, token_dim]}`` (the pre-lookahead output)."""
         cfg = self.config
-        if not isinstance(chunk_masked, bool):
-            raise TypeError(f"chunk_masked: expected a Python bool (static), got {type(chunk_masked).__name__}")
+        if chunk_masked is not None and not isinstance(chunk_masked, bool):
+            raise TypeError(f"chunk_masked: expected a Python bool (deprecated), got {type(chunk_masked).__name__}")
+        if chunk is not None and not isinstance(chunk, ChunkSpec):
+            raise TypeError(f"chunk: expected a fmjax.nn.masks.ChunkSpec or None, got {type(chunk).__name__}")
         b, n = tokens.shape
         if cache is not None:
             if n > cfg.chunk_size:
                 raise ValueError(f"tokens: a streaming chunk holds at most chunk_size = {cfg.chunk_size} tokens, "
                                  f"got {n}")
-            valid = jnp.pad(_valid_tokens(mask, b, n), ((0, 0), (0, cfg.chunk_size - n)))  # [b, C]
+            valid = jnp.pad(token_mask(mask, b, n), ((0, 0), (0, cfg.chunk_size - n)))  # [b, C]
             tokens = jnp.pad(tokens, ((0, 0), (0, cfg.chunk_size - n)))
             full = jnp.all(valid, axis=1)  # [b]
         else:
-            valid, full = _valid_tokens(mask, b, n), jnp.ones((b,), bool)
+            valid, full = token_mask(mask, b, n), jnp.ones((b,), bool)
         emb = self.input_embedding(tokens, valid)  # [b, n, e]
         ahead = self._lookahead(context, context_lengths, full, b, emb.dtype)  # [b, L, e]
-        h, cache = self.pre_lookahead_layer(jnp.concatenate([emb, ahead], axis=1), cache)  # [b, n, e]
-        r = cfg.token_mel_ratio
-        mu = jnp.repeat(h, r, axis=1)  # [b, r·n, e]
-        state = cache if cache is not None else jnp.repeat(valid, r, axis=1).astype(jnp.float32)
-        return (mu, state, h) if return_hidden else (mu, state)
+        h, new_cache = self.pre_lookahead_layer(jnp.concatenate([emb, ahead], axis=1), cache)  # [b, n, e]
+        if cache is not None:
+            new_cache = keep_idle_rows(jnp.any(valid, axis=1), new_cache, cache)
+        mu = jnp.repeat(h, cfg.token_mel_ratio, axis=1)  # [b, r·n, e]
+        return (mu, new_cache, {"hidden": h}) if return_aux else (mu, new_cache)
 
     def _lookahead(self, context, context_lengths, full, b, dtype) -> Float[Array, "b l e"]:
         cfg = self.config
@@ -161,9 +175,10 @@ class CosyVoice3Flow(nn.Module):
         ahead = self.input_embedding(context, keep)  # [b, l, e]
         return jnp.pad(ahead, ((0, 0), (0, n_ahead - l), (0, 0)))
 
-    def estimate(self, x: Float[Array, "b t m"], cond: MelCond, t, cache=None, *, streaming: bool = False):
-        """The DiT: ``(v, aux)`` offline, ``(v_chunk, new_cache)`` streaming."""
-        return self.decoder(x, cond, t, cache, streaming=streaming)
+    def estimate(self, x: Float[Array, "b t m"], cond: MelCond, t, cache=None, *, return_aux: bool = False,
+                 streaming: bool | None = None):
+        """The DiT: ``(v, cache)`` (``cache`` None offline)."""
+        return self.decoder(x, cond, t, cache, return_aux=return_aux, streaming=streaming)
 
     @nn.nowrap
     def init_encoder_cache(self, batch: int, window_tokens: int, dtype=jnp.float32) -> ConvCache:
@@ -178,15 +193,8 @@ class CosyVoice3Flow(nn.Module):
 
     @nn.nowrap
     def streaming_params(self, variables: dict) -> dict:
-        """The params for the streaming step: unchanged (the DiT scans its stacked blocks in both modes)."""
-        return variables
-
-
-def _valid_tokens(mask, b: int, n: int):
-    """``[b, n]`` bool from None (all valid), ``[b]`` lengths or a ``[b, n]`` 0/1 mask."""
-    if mask is None:
-        return jnp.ones((b, n), bool)
-    m = jnp.asarray(mask)
-    if m.shape not in ((b,), (b, n)):
-        raise ValueError(f"mask: expected lengths of shape [{b}] or a mask of shape [{b}, {n}], got {m.shape}")
-    return padding_mask(m, n) if m.ndim == 1 else m.astype(bool)
+        """Deprecated: one layout serves offline and streaming. Converts the fmjax < 0.2 layout (stacked DiT
+        blocks) and passes the current one through."""
+        params = dict(variables["params"])
+        params["decoder"] = unstack_block_params({"params": params["decoder"]})["params"]
+        return {**variables, "params": params}

@@ -171,12 +171,14 @@ def _attention_inputs(mask: Float[Array, "b t"], mode: str):
 
 
 class ConditionalDecoder(nn.Module):
-    """Matcha-TTS / CosyVoice1 estimator: ``apply(params, x, cond, t)`` → ``(v, aux)``."""
+    """Matcha-TTS / CosyVoice1 estimator: ``apply(params, x, cond, t)`` → ``(v, None)`` (the estimators' return
+    shape; this one has no streaming cache)."""
 
     config: UNetConfig = UNetConfig()
 
     @nn.compact
-    def __call__(self, x: Float[Array, "b t m"], cond: MelCond, t: Float[Array, "b"]):
+    def __call__(self, x: Float[Array, "b t m"], cond: MelCond, t: Float[Array, "b"], cache=None, *,
+                 return_aux: bool = False):
         """Velocity of the flow at time ``t``.
 
         Args:
@@ -186,13 +188,20 @@ class ConditionalDecoder(nn.Module):
             ``prompt [b, t, cond_dim]`` and ``mask [b, t]``; ``spks``/``prompt`` may be None when their width
             is 0 (pass zero-width arrays instead where :meth:`~fmjax.cond.MelCond.null` is used, e.g. CFG).
           t: ``[b]`` (or scalar) flow time.
+          cache: must be None: the non-causal U-Net cannot stream (and ``cond.chunk`` must be None).
+          return_aux: also return the intermediates ``t_emb``, ``down<i>.resnet``, ``down<i>.tf<j>``,
+            ``down<i>.resample``, ``mid<k>.resnet``, ``mid<k>.tf<j>``, ``up<i>.resnet``, ``up<i>.tf<j>``,
+            ``up<i>.resample`` and ``final_block``, all ``[b, t_level, d]``.
 
         Returns:
-          ``(v [b, t, m], aux)``, ``v`` zero at padded frames; ``aux`` holds the intermediates ``t_emb``,
-          ``down<i>.resnet``, ``down<i>.tf<j>``, ``down<i>.resample``, ``mid<k>.resnet``, ``mid<k>.tf<j>``,
-          ``up<i>.resnet``, ``up<i>.tf<j>``, ``up<i>.resample`` and ``final_block``, all ``[b, t_level, d]``.
+          ``(v [b, t, m], None)``, ``v`` zero at padded frames; with ``return_aux`` ``(v, None, aux)``.
         """
         cfg = self.config
+        if cache is not None:
+            raise ValueError("cache: the Matcha/CosyVoice1 U-Net is not causal and cannot stream (use the causal "
+                             "U-Net of CosyVoice2, fmjax.models.causal_unet)")
+        if isinstance(cond, MelCond) and cond.chunk is not None:
+            raise ValueError("cond.chunk: the Matcha/CosyVoice1 U-Net has no chunk attention masks; pass chunk=None")
         t, spks, prompt = self._check(x, cond, t)
         b, n = x.shape[:2]
         dtype = x.dtype
@@ -256,7 +265,7 @@ class ConditionalDecoder(nn.Module):
         h, _ = Block1D(cfg.channels[0], GROUPS, name="final_block")(h, mask)
         aux["final_block"] = h
         v = masked(Conv1d(cfg.mel_dim, 1, name="final_proj")(masked(h, mask)), mask)  # [b, t, m]
-        return v, aux
+        return (v, None, aux) if return_aux else (v, None)
 
     def _check(self, x, cond, t):
         """Static shape checks; returns ``(t [b], spks [b, s], prompt [b, t, c])`` with absent inputs as zero-width

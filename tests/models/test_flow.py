@@ -18,6 +18,7 @@ from fmjax.convert.flow import convert_flow
 from fmjax.models.causal_unet import CausalUNetConfig
 from fmjax.models.encoder import EncoderConfig
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, flow_param_shapes, normalize_speaker
+from fmjax.nn.tokens import frame_mask
 from fmjax.token2mel import token2mel
 from tests.conftest import FIXTURES, load_fixture
 
@@ -127,8 +128,22 @@ def test_encode_checks_token_ids():
     with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 50\)"):
         model.apply(params, jnp.array([[1, 50]]), method="encode")
     encode = jax.jit(lambda p, tokens, n: model.apply(p, tokens, n, method="encode"))
-    mu, mask = encode(params, jnp.array([[1, 2, 99]]), jnp.array([2]))  # padded positions may hold any id
-    assert mu.shape == (1, 6, 80) and np.asarray(mask).tolist() == [[1, 1, 1, 1, 0, 0]]
+    mu, cache = encode(params, jnp.array([[1, 2, 99]]), jnp.array([2]))  # padded positions may hold any id
+    assert mu.shape == (1, 6, 80) and cache is None
+    np.testing.assert_array_equal(np.asarray(frame_mask(jnp.array([2]), 1, 3, 2)), [[1, 1, 1, 1, 0, 0]])
+
+
+def test_flows_implement_the_protocol():
+    from fmjax.models.flow_cv3 import CosyVoice3Flow
+    from fmjax.models.protocol import Flow, check_flow
+    from fmjax.models.token_unet import TokenUNet
+
+    for model in (CosyVoice2Flow(tiny_config()), CosyVoice3Flow(), TokenUNet()):
+        assert isinstance(model, Flow)
+        check_flow(model)
+    assert not TokenUNet().config.causal and CosyVoice2Flow().config.causal
+    with pytest.raises(TypeError, match="model: expected a flow"):
+        check_flow(object())
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,8 @@ def jitted(cfg):
 
 def test_unet_shapes_and_aux():
     x, cond, t = tiny_inputs()
-    v, aux = jitted(TINY)(tiny_params(), x, cond, t)
+    v, cache, aux = jax.jit(functools.partial(ConditionalDecoder(TINY).apply, return_aux=True))(tiny_params(), x, cond, t)
+    assert cache is None
     assert v.shape == (2, 12, 8) and v.dtype == jnp.float32
     expected = {"t_emb": (2, 64), "final_block": (2, 12, 16)}
     for prefix, n, d in (("down0", 12, 16), ("down1", 6, 32), ("mid0", 6, 32), ("mid1", 6, 32), ("up0", 6, 16),
