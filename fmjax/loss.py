@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmjax.checks import check_finite, check_floating, check_in_range, check_tree_finite
 from fmjax.cond import null_condition
 from fmjax.paths import CondOTPath
 from fmjax.timesteps import TSampler, Uniform
@@ -120,6 +121,7 @@ class CFMLoss:
         *,
         draws: LossDraws | None = None,
         null_cond: Callable = null_condition,
+        check_inputs: bool = True,
     ) -> tuple[Float[Array, ""], dict]:
         """Evaluates the loss.
 
@@ -132,12 +134,21 @@ class CFMLoss:
           key: PRNG key for the draws (may be None only if ``draws`` supplies every field).
           draws: inject some or all random numbers (:class:`LossDraws`); the rest are drawn from ``key``.
           null_cond: unconditional twin of a condition (default ``cond.null()`` or zeros).
+          check_inputs: check ``x1``, ``cond`` and injected draws for NaN/inf (and ``draws.t`` within [0, 1]) on
+            the host, one reduction per array. Skipped for tracers: inside a jitted train step the loss is traced
+            and only the static (shape/dtype) checks run -- check the batch before (the trainer does). On by
+            default; masks are always checked for 0/1 values when concrete.
+
+        Raises:
+          TypeError: ``x1`` (or ``draws.z``) is not floating; ``draws`` is not a LossDraws.
+          ValueError: naming the argument: wrong shapes, non-0/1 or empty masks, NaN/inf values, flow times outside
+            [0, 1], a velocity output of the wrong shape.
 
         Returns:
           ``(loss, aux)`` with aux ``per_example [b]``, ``t [b]``, ``keep [b]``, ``prompt_len [b]`` and the
           estimator inputs ``x_t``, ``target``, ``cond`` (dropped by XLA when unused under jit).
         """
-        x1, mask = self._check(x1, mask, cond, key, draws)
+        x1, mask = self._check(x1, mask, cond, key, draws, check_inputs)
         b, m = x1.shape[0], x1.shape[-1]
         draws = draws or LossDraws()
         if key is not None:
@@ -176,12 +187,14 @@ class CFMLoss:
         return loss, aux
 
     # ------------------------------------------------------------------------------------------- validation
-    def _check(self, x1, mask, cond, key, draws):
+    def _check(self, x1, mask, cond, key, draws, check_inputs=True):
+        check_floating("x1", x1)
+        if check_inputs:
+            check_finite("x1", x1)
+            check_tree_finite("cond", cond)
         x1 = jnp.asarray(x1)
         if x1.ndim < 2:
             raise ValueError(f"x1: expected [b, ..., m] with a batch and a feature axis, got shape {x1.shape}")
-        if not jnp.issubdtype(x1.dtype, jnp.floating):
-            raise TypeError(f"x1: expected a floating dtype, got {x1.dtype}")
         b = x1.shape[0]
         if mask is None:
             mask = jnp.ones(x1.shape[:-1], jnp.float32)
@@ -209,6 +222,14 @@ class CFMLoss:
                 raise TypeError(f"draws: expected a LossDraws, got {type(draws).__name__}")
             if draws.z is not None and tuple(np.shape(draws.z)) != x1.shape:
                 raise ValueError(f"draws.z: expected shape {x1.shape}, got {np.shape(draws.z)}")
+            if draws.z is not None:
+                check_floating("draws.z", draws.z)
+            if check_inputs:
+                check_finite("draws.z", draws.z)
+                check_in_range("draws.t", draws.t, 0.0, 1.0)
+            if draws.prompt_len is not None and not jnp.issubdtype(jnp.result_type(draws.prompt_len), jnp.integer):
+                raise TypeError(f"draws.prompt_len: expected integer frame counts, got dtype "
+                                f"{jnp.result_type(draws.prompt_len)}")
             for name in ("t", "keep", "prompt_len"):
                 val = getattr(draws, name)
                 if val is not None and int(np.size(val)) != b:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmjax.checks import check_finite, check_floating, check_tree_finite
 from fmjax.cond import null_condition
 from fmjax.timesteps import validate_grid
 from fmjax.typing import Array, Float
@@ -95,12 +96,20 @@ def _times(t, x):
     return jnp.full((x.shape[0],), t, dtype=jnp.result_type(t))
 
 
+def _checked(v, x):
+    """The velocity ``v`` after checking it has the state's shape (at trace time: free under jit)."""
+    if jnp.shape(v) != jnp.shape(x):
+        raise ValueError(f"velocity: expected an output of the state's shape {tuple(jnp.shape(x))}, got "
+                         f"{tuple(jnp.shape(v))}" + (" (did it return a (v, aux) tuple?)" if isinstance(v, tuple) else ""))
+    return v
+
+
 def rk_step(solver: Solver, velocity: Callable, t, dt, x, cond):
     """One step of ``solver`` from time ``t`` (scalar) by ``dt``: returns x at ``t + dt``. ``x`` is ``[b, ...]``."""
     ks = []
     for i in range(solver.stages):
         xi = _stage_inputs(solver, dt, x, ks, i)
-        ks.append(velocity(_times(t + solver.c[i] * dt, x), xi, cond))
+        ks.append(_checked(velocity(_times(t + solver.c[i] * dt, x), xi, cond), x))
     return _combine(solver, dt, x, ks)
 
 
@@ -115,7 +124,7 @@ def rk_step_cached(solver: Solver, velocity: Callable, t, dt, x, cond, caches):
         xi = _stage_inputs(solver, dt, x, ks, i)
         cache_i = jax.tree_util.tree_map(lambda c: c[i], caches)
         v, cache_i = velocity(_times(t + solver.c[i] * dt, x), xi, cond, cache_i)
-        ks.append(v)
+        ks.append(_checked(v, x))
         new.append(cache_i)
     stacked = jax.tree_util.tree_map(lambda *cs: jnp.stack(cs), *new)
     return _combine(solver, dt, x, ks), stacked
@@ -141,6 +150,7 @@ def sample(
     solver: str | Solver = "euler",
     *,
     return_trajectory: bool = False,
+    check_inputs: bool = True,
 ) -> tuple[Float[Array, "b ..."], SampleAux]:
     """Integrates ``dx/dt = velocity(t, x, cond)`` from ``grid[0]`` to ``grid[-1]`` with a fixed-step solver.
 
@@ -151,12 +161,24 @@ def sample(
       grid: ``[n + 1]`` increasing times in [0, 1] (see :mod:`fmjax.timesteps`); a traced array is fine.
       solver: a name (``euler``, ``midpoint``, ``heun``, ``rk4``) or a :class:`Solver`.
       return_trajectory: also return the state after every step.
+      check_inputs: check ``x0`` and the floating leaves of ``cond`` for NaN/inf on the host (one reduction per
+        array; skipped for tracers, i.e. when ``sample`` itself runs under jit). On by default; turn off only in a
+        hot loop whose inputs are known to be finite.
+
+    Raises:
+      TypeError: ``x0`` is not floating (an integer state would be truncated at every step).
+      ValueError: ``x0``/``cond`` hold NaN/inf (naming the argument or the leaf, e.g. ``cond.mu``); the velocity's
+        output does not have the state's shape.
 
     Returns:
       ``(x1, SampleAux(trajectory, nfe))``.
     """
     solver = get_solver(solver)
     grid = validate_grid(grid)
+    check_floating("x0", x0)
+    if check_inputs:
+        check_finite("x0", x0)
+        check_tree_finite("cond", cond)
     x0 = jnp.asarray(x0)
     if x0.ndim < 1:
         raise ValueError(f"x0: expected an array with a leading batch axis, got shape {x0.shape}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -19,55 +20,102 @@ class StateDictError(ValueError):
     """A state dict does not match the model: lists missing, unexpected and mis-shaped keys."""
 
 
-def load_state_dict(source, *, prefix: str = "") -> dict[str, np.ndarray]:
-    """Loads a state dict as ``{name: float32/int numpy array}``.
+_SUFFIXES = {".npz": "an .npz archive of arrays", ".safetensors": "a safetensors file",
+             **{s: "a PyTorch state dict (torch.save, read with weights_only=True)" for s in (".pt", ".pth", ".bin", ".ckpt")}}
 
-    Args:
-      source: a path (``.pt``/``.pth``/``.bin`` via torch, ``.npz``, ``.safetensors``) or a mapping of names to
-        arrays (numpy arrays or torch tensors).
-      prefix: keep only keys starting with this prefix, with the prefix removed (e.g. ``"decoder.estimator."``).
 
-    Raises:
-      FileNotFoundError: the path does not exist.
-      ValueError: unknown file type, or nothing left after the prefix filter.
-      ImportError: a torch checkpoint was given but torch is not installed.
-    """
-    if isinstance(source, Mapping):
-        raw = dict(source)
-    else:
-        path = pathlib.Path(os.fspath(source))
-        if not path.exists():
-            raise FileNotFoundError(f"state dict file {str(path)!r} does not exist")
-        suffix = path.suffix.lower()
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0].split('. ')[0][:160]}" if text else type(err).__name__
+
+
+def _read_file(path: pathlib.Path) -> dict:
+    """The raw name -> tensor mapping of a state-dict file; any read failure is one StateDictError naming the path."""
+    suffix = path.suffix.lower()
+    expected = _SUFFIXES[suffix]
+    if suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            import torch
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                f"reading {str(path)!r} needs PyTorch: pip install 'fmjax[torch]' "
+                "(or convert it once to .npz/.safetensors elsewhere)"
+            ) from e
+    try:
         if suffix == ".npz":
-            with np.load(path) as f:
+            with np.load(path, allow_pickle=False) as f:
                 raw = {k: f[k] for k in f.files}
         elif suffix == ".safetensors":
             from safetensors.numpy import load_file
 
             raw = load_file(str(path))
-        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
-            try:
-                import torch
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError(
-                    f"reading {str(path)!r} needs PyTorch: pip install 'fmjax[torch]' "
-                    "(or convert it once to .npz/.safetensors elsewhere)"
-                ) from e
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. torch's note on the pickle protocol of foreign files
+                raw = torch.load(str(path), map_location="cpu", weights_only=True)
             if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
                 raw = raw["state_dict"]
-        else:
+    except Exception as err:  # noqa: BLE001 -- BadZipFile, EOFError, SafetensorError, UnpicklingError, ...
+        if type(err).__name__ == "UnpicklingError":  # torch's text advises weights_only=False: we never do that
+            raise StateDictError(f"source: {str(path)!r} is not readable as {expected}: it holds Python objects "
+                                 "other than tensors, which a weights-only load refuses (fmjax never unpickles "
+                                 "arbitrary objects); save the bare state dict") from err
+        raise StateDictError(f"source: {str(path)!r} is not readable as {expected} ({_first_line(err)}); the file "
+                             "is truncated, corrupt or of another kind") from err
+    if not isinstance(raw, Mapping):
+        raise StateDictError(f"source: {str(path)!r} holds a {type(raw).__name__}, expected {expected} "
+                             "(a mapping of tensor names to tensors)")
+    bad = [k for k, v in raw.items() if not isinstance(k, str) or not (hasattr(v, "shape") and hasattr(v, "dtype"))]
+    if bad:
+        raise StateDictError(f"source: {str(path)!r} is not a state dict: entries {bad[:5]} are not named tensors")
+    return dict(raw)
+
+
+def load_state_dict(source, *, prefix: str = "", check_finite: bool = True) -> dict[str, np.ndarray]:
+    """Loads a state dict as ``{name: float32/int numpy array}``.
+
+    Args:
+      source: a path (``.pt``/``.pth``/``.bin``/``.ckpt`` via torch with ``weights_only=True``, ``.npz``,
+        ``.safetensors``) or a mapping of names to arrays (numpy arrays or torch tensors).
+      prefix: keep only keys starting with this prefix, with the prefix removed (e.g. ``"decoder.estimator."``).
+      check_finite: reject NaN/inf in floating tensors (one host pass over the weights; on by default).
+
+    Raises:
+      FileNotFoundError: the path does not exist.
+      StateDictError (a ValueError): the file cannot be read as its kind (naming the path and what was expected),
+        it is not a mapping of named tensors, or a tensor holds NaN/inf (naming the key and the file).
+      ValueError: unknown file type, or nothing left after the prefix filter.
+      ImportError: a torch checkpoint was given but torch is not installed.
+    """
+    if isinstance(source, Mapping):
+        raw, where = dict(source), "the given mapping"
+    else:
+        try:
+            path = pathlib.Path(os.fspath(source))
+        except TypeError:
+            raise TypeError(f"source: expected a path or a mapping of names to arrays, got {type(source).__name__}") \
+                from None
+        if not path.exists():
+            raise FileNotFoundError(f"source: state dict file {str(path)!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"source: expected a state dict file, {str(path)!r} is a directory")
+        if path.suffix.lower() not in _SUFFIXES:
             raise ValueError(
                 f"source: expected a .pt/.pth/.bin/.ckpt, .npz or .safetensors file, got {str(path)!r}"
             )
+        raw, where = _read_file(path), repr(str(path))
     out = {}
     for name, value in raw.items():
         if not name.startswith(prefix):
             continue
-        out[name[len(prefix):]] = _to_numpy(value)
+        arr = _to_numpy(value)
+        if check_finite and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            n = int(arr.size - np.isfinite(arr).sum())
+            raise StateDictError(f"source: tensor {name!r} in {where} has {n} NaN/inf value(s) of {arr.size}; "
+                                 "expected finite weights")
+        out[name[len(prefix):]] = arr
     if not out:
-        raise ValueError(f"source: no tensors found with prefix {prefix!r} (it has {len(raw)} tensors)")
+        raise ValueError(f"source: no tensors found with prefix {prefix!r} in {where} (it has {len(raw)} tensors)")
     return out
 
 

@@ -178,8 +178,10 @@ def _read_index(path: pathlib.Path) -> dict:
         raise FileNotFoundError(f"path: corpus index {str(path)!r} does not exist")
     try:
         meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"path: {str(path)!r} is not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"path: {str(path)!r} is not a readable JSON corpus index ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"path: {str(path)!r} is not a corpus index (a JSON {type(meta).__name__}, expected an object)")
     if meta.get("format") != FORMAT:
         raise ValueError(
             f"path: {str(path)!r} is not a corpus index (format {meta.get('format')!r}, expected {FORMAT!r})"
@@ -190,6 +192,26 @@ def _read_index(path: pathlib.Path) -> dict:
         if key not in meta:
             raise ValueError(f"path: {str(path)!r} lacks the field {key!r}")
     return meta
+
+
+def _read_npz(path: pathlib.Path, keys: tuple[str, ...], expected: str) -> list[np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` corpus file; any read failure is one ValueError naming the path."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in keys if k not in f.files]
+            if missing:
+                raise ValueError(f"path: corpus file {str(path)!r} lacks the arrays {missing} (it has {f.files}); "
+                                 f"expected {expected}")
+            return [f[k] for k in keys]
+    except ValueError as err:
+        if str(err).startswith("path: "):
+            raise
+        raise ValueError(f"path: corpus file {str(path)!r} is not a readable .npz of {expected} "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from err
+    except Exception as err:  # noqa: BLE001 -- BadZipFile, EOFError, OSError, zlib.error, ...
+        raise ValueError(f"path: corpus file {str(path)!r} is not a readable .npz of {expected} "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}); it is "
+                         "truncated or corrupt") from err
 
 
 def _record_problem(
@@ -241,18 +263,21 @@ def load_corpus(path=None, *, config: MelConfig | None = MelConfig(), strict: bo
     for role in ("features", "speakers"):
         if not files[role].is_file():
             raise FileNotFoundError(f"path: corpus file {str(files[role])!r} does not exist")
-    with np.load(files["speakers"]) as f:
-        names = [str(n) for n in f["names"]]
-        spk_emb = np.asarray(f["embeddings"], np.float32)
+    names, spk_emb = _read_npz(files["speakers"], ("names", "embeddings"), "speaker names [S] and embeddings [S, 192]")
+    names, spk_emb = [str(n) for n in names], np.asarray(spk_emb, np.float32)
     spk_dim = int(meta.get("spk_dim", 192))
     if spk_emb.shape != (len(names), spk_dim):
         raise ValueError(f"speakers.npz: expected embeddings of shape ({len(names)}, {spk_dim}), got {spk_emb.shape}")
     speakers = {n: i for i, n in enumerate(names)}
-    with np.load(files["features"]) as f:
-        mels, tokens = f["mel"], f["tokens"]
+    mels, tokens = _read_npz(files["features"], ("mel", "tokens"), "the concatenated mel [frames, m] and tokens")
     records = meta["utterances"]
-    n_frames = sum(int(r["frames"]) for r in records)
-    n_tokens = sum(int(r["tokens"]) for r in records)
+    try:
+        n_frames = sum(int(r["frames"]) for r in records)
+        n_tokens = sum(int(r["tokens"]) for r in records)
+        [r["id"] for r in records]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"path: {str(files['index'])!r}: expected utterance records with integer 'frames' and "
+                         f"'tokens' and an 'id', got a malformed record ({type(e).__name__}: {e})") from None
     if mels.ndim != 2 or mels.shape[1] != found.n_mels or mels.shape[0] != n_frames or tokens.shape != (n_tokens,):
         raise ValueError(
             f"features.npz: expected mel [{n_frames}, {found.n_mels}] and tokens [{n_tokens}] as the index lists, "
