@@ -243,7 +243,8 @@ def flop_checks(lengths) -> list[dict]:
         cost = xla_cost(lambda p, x, c, t: model.apply(p, x, c, t)[0], params, x, cond, t)
         rows.append({"what": f"estimator offline b=2 T={t_len}", "hand_gflop": hand / 1e9,
                      "xla_gflop": cost["flops"] / 1e9, "xla_over_hand": cost["flops"] / hand,
-                     "xla_transcendentals_g": cost["transcendentals"] / 1e9, "compile_s": time.perf_counter() - t_start})
+                     "xla_transcendentals_g": cost["transcendentals"] / 1e9,
+                     "compile_s": time.perf_counter() - t_start})
         print(rows[-1], flush=True)
     return rows
 

@@ -170,21 +170,51 @@ def check_fmjax(orig, flow, flow_sd, hift, hift_sd) -> None:
            note="source through f0 -> sine phases: 1e-4")
 
 
-def check_full(orig) -> None:
+def check_full(orig, with_fmjax: bool) -> None:
     flow, sd = build.build_flow(orig, size="full")
     same_keys("full flow state dict == state_dict_keys_flow.txt", shapes(sd), key_file("state_dict_keys_flow.txt"))
+    if with_fmjax:
+        from fmjax.convert.common import count_parameters
+        from fmjax.convert.flow import convert_flow
+        from fmjax.models.flow import Token2MelConfig
+
+        cfg, params = convert_flow(sd)
+        record("full fmjax convert_flow(torch state dict)", None, None,
+               cfg == Token2MelConfig() and count_parameters(params) == 112_549_360, "default config, all params")
+        del params
     record("full flow params 112,549,360", None, None, build.n_params(flow) == 112_549_360, str(build.n_params(flow)))
     record("full estimator params 71,302,480", None, None, build.n_params(flow.decoder.estimator) == 71_302_480,
            str(build.n_params(flow.decoder.estimator)))
-    y = proc.estimator_call(flow.decoder.estimator, proc.estimator_inputs(2, 20))()
-    record("full estimator forward (2, 80, 20)", None, None, tuple(y.shape) == (2, 80, 20) and bool(torch.isfinite(y).all()),
-           f"std {float(y.std()):.3g}")
+    inp = proc.estimator_inputs(2, 20)
+    y = proc.estimator_call(flow.decoder.estimator, inp)()
+    ok = tuple(y.shape) == (2, 80, 20) and bool(torch.isfinite(y).all())
+    record("full estimator forward (2, 80, 20)", None, None, ok, f"std {float(y.std()):.3g}")
+    if with_fmjax:
+        import jax.numpy as jnp
+
+        from fmjax.cond import MelCond
+        from fmjax.convert.causal_unet import convert_causal_unet
+        from fmjax.models.causal_unet import CausalConditionalDecoder
+
+        tl = lambda a: np.swapaxes(np.asarray(a), -1, -2)  # noqa: E731
+        cfg, params = convert_causal_unet(sd)
+        cond = MelCond(tl(inp["mu"]), inp["spks"], tl(inp["cond"]), inp["mask"][:, 0])
+        v = CausalConditionalDecoder(cfg).apply(params, tl(inp["x"]), cond, jnp.asarray(inp["t"]))[0]
+        record("full fmjax estimator vs torch (2, 80, 20)", diff(tl(v), y), 1e-4,
+               note="64 transformer + 16 resnet blocks deep: 1e-4")
+        del params
     mel = proc.flow_offline_call(flow, proc.random_tokens(8), proc.random_embedding())()
     record("full flow.inference 8 tokens -> (1, 80, 16)", None, None, tuple(mel.shape) == (1, 80, 16),
            f"std {float(mel.std()):.3g}")
     del flow, sd
     hift, sd = build.build_hift(orig, size="full")
     same_keys("full HiFT state dict == state_dict_keys_hift.txt", shapes(sd), key_file("state_dict_keys_hift.txt"))
+    if with_fmjax:
+        from fmjax.convert.hift import convert_hift
+        from fmjax.models.hift import HiFTConfig
+
+        cfg, _ = convert_hift(sd)
+        record("full fmjax convert_hift(torch state dict)", None, None, cfg == HiFTConfig(), str(cfg)[:60])
     record("full HiFT params 20,821,295", None, None, build.n_params(hift) == 20_821_295, str(build.n_params(hift)))
     speech, source = proc.hift_call(hift, np.random.default_rng(0).standard_normal((1, 80, 10), np.float32))()
     record("full HiFT inference 10 frames -> 4800 samples", None, None, tuple(speech.shape) == (1, 4800),
@@ -217,7 +247,7 @@ def main():
     if not args.no_fmjax:
         check_fmjax(orig, flow, flow_sd, hift, hift_sd)
     if args.full:
-        check_full(orig)
+        check_full(orig, not args.no_fmjax)
     print_table(ROWS, ["check", "max_abs_err", "tol", "ok", "note"], title="side-by-side torch checks")
     write_json("sidebyside_check", {"originals": orig.facts(), "rows": ROWS})
     sys.exit(0 if all(r["ok"] == "yes" for r in ROWS) else 1)
