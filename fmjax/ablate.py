@@ -37,7 +37,7 @@ from fmjax.samplers import SOLVERS, get_solver
 from fmjax.timesteps import GRIDS, T_SAMPLERS, get_t_sampler, time_grid
 
 __all__ = ["AblationSpec", "Domain", "ToyDomain", "run_ablation", "summarize", "write_results", "plot_quality_vs_nfe",
-           "parse_t_sampler", "add_spec_arguments", "spec_from_args"]
+           "parse_t_sampler", "add_spec_arguments", "spec_from_args", "positive_int"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,15 +240,53 @@ def plot_quality_vs_nfe(rows: Sequence[dict], path, metric: str = "sw2", title: 
     return path
 
 
+def _list_of(kind, what: str):
+    """An argparse type for comma-separated values (``1,2,4,8``), with a one-line usage error."""
+    def parse(text: str):
+        try:
+            values = tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} (e.g. {'1,2,4' if kind is int else '0,0.7'}),"
+                                             f" got {text!r}") from None
+        if not values or (kind is float and not all(np.isfinite(values))):
+            raise argparse.ArgumentTypeError(f"expected comma-separated finite {what}, got {text!r}")
+        return values
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1, else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
 def add_spec_arguments(ap: argparse.ArgumentParser, *, cfg: str = "0") -> None:
-    """The :class:`AblationSpec` options of a CLI (``--t-samplers --grids --solvers --steps --cfg --seeds``)."""
-    ap.add_argument("--t-samplers", nargs="+", default=["uniform", "logit_normal"],
-                    help="e.g. uniform logit_normal:m=0,s=1")
-    ap.add_argument("--grids", nargs="+", default=["linear", "cosine"], help="e.g. linear cosine sway:s=-0.5")
-    ap.add_argument("--solvers", nargs="+", default=["euler"])
-    ap.add_argument("--steps", default="1,2,4,8", type=lambda s: tuple(int(x) for x in s.split(",")))
-    ap.add_argument("--cfg", default=cfg, type=lambda s: tuple(float(x) for x in s.split(",")))
-    ap.add_argument("--seeds", default="0,1,2", type=lambda s: tuple(int(x) for x in s.split(",")))
+    """The :class:`AblationSpec` options of a CLI (``--t-samplers --grids --solvers --steps --cfg --seeds``).
+
+    Lists of names are space-separated; parameters after a colon are comma-separated ``key=value`` pairs
+    (``logit_normal:m=0,s=1``). Lists of numbers are one comma-separated argument (``--steps 1,2,4,8``)."""
+    ap.add_argument("--t-samplers", nargs="+", default=["uniform", "logit_normal"], metavar="NAME[:k=v,...]",
+                    help="training t-samplers, space-separated; parameters after a colon, comma-separated, e.g. "
+                         f"uniform logit_normal:m=0,s=1 (names: {', '.join(sorted(T_SAMPLERS))}; "
+                         "default: uniform logit_normal)")
+    ap.add_argument("--grids", nargs="+", default=["linear", "cosine"], metavar="NAME[:k=v,...]",
+                    help=f"inference time grids, space-separated, e.g. linear cosine sway:s=-0.5 (names: "
+                         f"{', '.join(sorted(GRIDS))}; default: linear cosine)")
+    ap.add_argument("--solvers", nargs="+", default=["euler"], metavar="NAME",
+                    help=f"ODE solvers, space-separated ({', '.join(sorted(SOLVERS))}; default: euler)")
+    ap.add_argument("--steps", default=(1, 2, 4, 8), type=_list_of(int, "ints >= 1"), metavar="N,N,...",
+                    help="solver steps, comma-separated; NFE = steps x solver stages (default: 1,2,4,8)")
+    ap.add_argument("--cfg", default=tuple(float(x) for x in cfg.split(",")), type=_list_of(float, "weights"),
+                    metavar="W,W,...", help=f"classifier-free guidance weights, comma-separated (default: {cfg})")
+    ap.add_argument("--seeds", default=(0, 1, 2), type=_list_of(int, "ints"), metavar="S,S,...",
+                    help="seeds, comma-separated; seed s trains with key s and evaluates on the noise of key "
+                         "1000 + s (default: 0,1,2)")
 
 
 def spec_from_args(args: argparse.Namespace) -> AblationSpec:
@@ -258,15 +296,27 @@ def spec_from_args(args: argparse.Namespace) -> AblationSpec:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="output directory (CSV, JSON, PNG)")
+    ap = argparse.ArgumentParser(prog="python -m fmjax.ablate", description=__doc__.split("\n\n")[0] + "\n\n"
+                                 + __doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example:\n" + __doc__.split("CLI::")[1].strip("\n"))
+    ap.add_argument("--out", required=True, help="output directory: results CSV and JSON, sw2_vs_nfe.png (required)")
     add_spec_arguments(ap)
-    ap.add_argument("--source", default="8gaussians")
-    ap.add_argument("--target", default="moons")
-    ap.add_argument("--train-steps", default=500, type=int)
-    ap.add_argument("--conditional", action="store_true", help="class-conditional toy (needed for --cfg)")
+    names = ", ".join(sorted(toy.DISTRIBUTIONS))
+    ap.add_argument("--source", default="8gaussians", help=f"2-D source distribution x0 ({names}; default: 8gaussians)")
+    ap.add_argument("--target", default="moons", help=f"2-D target distribution x1 (same names; default: moons)")
+    ap.add_argument("--train-steps", default=500, type=positive_int,
+                    help="training steps per (t-sampler, seed) model (default: 500)")
+    ap.add_argument("--conditional", action="store_true",
+                    help="class-conditional toy, needed for --cfg weights other than 0 (default: off)")
     args = ap.parse_args(argv)
-    spec = spec_from_args(args)
+    try:
+        spec = spec_from_args(args)
+        for name in (args.source, args.target):
+            toy.get_distribution(name)
+    except (ValueError, TypeError) as err:
+        ap.error(" ".join(str(err).split()))
+    if pathlib.Path(args.out).is_file():
+        ap.error(f"--out: expected a directory, {args.out!r} is a file")
     domain = ToyDomain(args.source, args.target, args.train_steps, conditional=args.conditional)
     rows = run_ablation(domain, spec)
     paths = write_results(rows, args.out, spec)

@@ -114,9 +114,12 @@ def leaf_table(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     return {name: (tuple(np.shape(x)), str(np.dtype(x.dtype))) for name, x in _named_leaves(tree)}
 
 
-def compare_leaves(expected: dict, got: dict, limit: int = 8) -> list[str]:
+def compare_leaves(expected: dict, got: dict, limit: int = 8, *, dtypes: bool = True) -> list[str]:
     """Differences between two :func:`leaf_table` s: missing, unexpected and mis-shaped leaves (at most
-    ``limit`` of each kind named); empty when they agree."""
+    ``limit`` of each kind named; ``dtypes=False`` compares shapes only); empty when they agree."""
+    if not dtypes:
+        expected = {k: (v[0], "") for k, v in expected.items()}
+        got = {k: (v[0], "") for k, v in got.items()}
     def show(items):
         return ", ".join(items[:limit]) + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
 
@@ -378,7 +381,7 @@ def save_flow_checkpoint(directory, config, params, *, overwrite: bool = False) 
         raise FileExistsError(f"directory: {str(path)!r} exists; pass overwrite=True to replace it")
     if type(config).__name__ not in _flow_classes():
         raise TypeError(f"config: expected one of {sorted(_flow_classes())}, got {type(config).__name__}")
-    diff = compare_leaves(leaf_table(_param_shapes(_flow_module(config))), leaf_table(params))
+    diff = compare_leaves(leaf_table(_param_shapes(_flow_module(config))), leaf_table(params), dtypes=False)
     if diff:
         raise IncompatibleCheckpointError("params: do not fit the config:\n  " + "\n  ".join(diff))
     path.mkdir(parents=True, exist_ok=True)
@@ -427,7 +430,7 @@ def load_flow_checkpoint(directory):
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(f"directory: {str(path / PARAMS_DIR)!r} is not a readable orbax tree "
                                   f"({_first_line(err)})") from err
-        diff = compare_leaves(leaf_table(target), table)
+        diff = compare_leaves(leaf_table(target), table, dtypes=False)  # restored as the target's float32
         if diff:
             raise IncompatibleCheckpointError(f"directory: the params in {str(path)!r} do not fit its "
                                               f"{CONFIG_FILE}:\n  " + "\n  ".join(diff))
@@ -468,7 +471,7 @@ def load_teacher(workdir, *, ema: bool = True, what: str = "workdir") -> LoadedF
         raise CheckpointError(f"{what}: the model.flow of {str(path)!r} is not a flow config ({err})") from err
     model = _flow_module(config)
     which = "ema_params" if ema else "params"
-    diff = compare_leaves(leaf_table(_param_shapes(model)), leaf_table(state.get(which, {})))
+    diff = compare_leaves(leaf_table(_param_shapes(model)), leaf_table(state.get(which, {})), dtypes=False)
     if diff:
         raise IncompatibleCheckpointError(f"{what}: the {which} at step {step} of {str(path)!r} do not fit its "
                                           "model.flow config:\n  " + "\n  ".join(diff))

@@ -62,7 +62,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmjax.ablate import add_spec_arguments, plot_quality_vs_nfe, run_ablation, spec_from_args, summarize, write_results
+from fmjax.ablate import (add_spec_arguments, plot_quality_vs_nfe, positive_int, run_ablation, spec_from_args, summarize,
+                          write_results)
 from fmjax.timesteps import TSampler, Uniform
 from train.config import apply_overrides
 from train.configs import token2mel
@@ -177,15 +178,27 @@ class CorpusDomain:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train.ablate_corpus", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="output directory (CSV, JSON, PNGs)")
-    ap.add_argument("--workdir", required=True, help="parent directory of the trained models (reused on reruns)")
-    ap.add_argument("--preset", default="tiny", help="token2mel preset (default tiny)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="token2mel config override")
-    ap.add_argument("--val-repeats", type=int, default=4, help="validation passes of the per-t-bin loss")
+    ap = argparse.ArgumentParser(prog="python -m train.ablate_corpus", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example:\n" + __doc__.split("\n\n")[1])
+    ap.add_argument("--out", required=True, help="output directory: results CSV and JSON, mel_l1/mcd vs NFE PNGs "
+                                                 "(required)")
+    ap.add_argument("--workdir", required=True, help="parent directory of the trained models, one trainer workdir "
+                                                     "per (t-sampler, seed); reused on reruns (required)")
+    ap.add_argument("--preset", default="tiny", help="token2mel preset (default: tiny)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="token2mel config override, repeatable, e.g. --set train.steps=400 (default: none)")
+    ap.add_argument("--val-repeats", type=positive_int, default=4,
+                    help="validation passes of the per-t-bin loss, each with fresh draws (default: 4)")
     add_spec_arguments(ap, cfg="0.7")
     args = ap.parse_args(argv)
-    spec = spec_from_args(args)
+    try:
+        spec = spec_from_args(args)
+    except (ValueError, TypeError) as err:
+        ap.error(" ".join(str(err).split()))
+    for flag in ("out", "workdir"):
+        if pathlib.Path(getattr(args, flag)).is_file():
+            ap.error(f"--{flag}: expected a directory, {getattr(args, flag)!r} is a file")
     domain = CorpusDomain(args.workdir, args.preset, overrides=tuple(args.set), val_repeats=args.val_repeats,
                           progress=True)
     rows = run_ablation(domain, spec)
