@@ -7,13 +7,16 @@ centring, magnitude ``sqrt(re² + im² + 1e-9)``, a librosa-style slaney mel fil
 gives ``L // 480`` frames when ``L`` is a multiple of 480 (50 frames/s), and ``1 + (L - 480) // 480`` in general.
 Features are time-major: ``[..., frames, n_mels]``.
 
-Wav I/O and resampling are host-side numpy; :func:`log_mel` is jittable.
+Wav I/O and resampling are host-side numpy; :func:`log_mel` is jittable. :func:`save_wav` never clips silently: a
+signal that exceeds full scale is soft-limited (:func:`soft_limit`, or peak-normalised / refused on request) with a
+warning; :func:`loudness` gives RMS and peak levels in dBFS for comparing generated and reference audio.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import pathlib
@@ -25,11 +28,15 @@ import numpy as np
 from fmjax import signal
 from fmjax.typing import Array, Float
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "MelConfig",
     "AudioError",
     "load_wav",
     "save_wav",
+    "soft_limit",
+    "loudness",
     "resample",
     "hz_to_mel",
     "mel_to_hz",
@@ -126,10 +133,51 @@ def load_wav(path, sr: int | None = None, *, resample_to_sr: bool = False) -> tu
     return wav, int(file_sr)
 
 
-def save_wav(path, wav, sr: int, *, subtype: str = "PCM_16") -> None:
-    """Writes a mono ``[L]`` signal (float in [-1, 1]; values outside are clipped) to ``path``.
+LIMIT_KNEE, LIMIT_CEILING = 0.9, 0.99
+
+
+def soft_limit(wav, knee: float = LIMIT_KNEE, ceiling: float = LIMIT_CEILING) -> np.ndarray:
+    """The rule that replaces clipping: samples with ``|x| <= knee`` are unchanged; above it,
+    ``sign(x) · (knee + (ceiling - knee) · tanh((|x| - knee) / (ceiling - knee)))`` -- continuous with slope 1 at
+    the knee, non-decreasing, and at most ``ceiling`` < 1 (approached asymptotically; float32 rounds inputs far above
+    the knee to it), so never full scale. Host-side numpy, float32."""
+    x = np.asarray(wav, np.float32)
+    if not 0 < knee < ceiling <= 1:
+        raise ValueError(f"knee, ceiling: expected 0 < knee < ceiling <= 1, got {knee}, {ceiling}")
+    mag = np.abs(x)
+    over = mag > knee
+    span = ceiling - knee
+    limited = knee + span * np.tanh((mag - knee) / span)
+    return np.where(over, np.sign(x) * limited, x).astype(np.float32)
+
+
+def loudness(wav) -> dict[str, float]:
+    """Level of a signal in dB relative to full scale: ``rms_dbfs`` (``20·log10(rms)``) and ``peak_dbfs``
+    (``20·log10(max |x|)``); ``-inf`` for silence. For reporting generated vs reference loudness."""
+    x = np.asarray(wav, np.float64).reshape(-1)
+    if x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"wav: expected a non-empty finite signal, got {x.size} samples"
+                         + ("" if x.size == 0 else " with NaN/inf"))
+    with np.errstate(divide="ignore"):
+        return {"rms_dbfs": float(20 * np.log10(np.sqrt(np.mean(x * x)))),
+                "peak_dbfs": float(20 * np.log10(np.max(np.abs(x))))}
+
+
+def save_wav(path, wav, sr: int, *, subtype: str = "PCM_16", limit: str = "soft") -> None:
+    """Writes a mono ``[L]`` float signal (full scale = 1) to ``path``, never clipping silently.
+
+    A signal within [-1, 1] is written as is. One whose peak exceeds 1 (it would clip) is handled by ``limit``,
+    always with a logged warning naming the peak and how many samples exceed full scale:
+
+    * ``"soft"`` (default): :func:`soft_limit` -- samples above 0.9 are compressed smoothly below 0.99; the rest
+      of the signal is untouched;
+    * ``"normalize"``: the whole signal is scaled so its peak is 0.99;
+    * ``"error"``: raise ``ValueError``.
 
     The container follows the suffix (``.wav``, ``.flac``, ...); ``subtype`` is libsndfile's sample format.
+
+    Raises:
+      ValueError: not mono, NaN/inf samples, a bad rate, or ``limit="error"`` and the signal would clip.
     """
     import soundfile as sf
 
@@ -138,9 +186,23 @@ def save_wav(path, wav, sr: int, *, subtype: str = "PCM_16") -> None:
         raise ValueError(f"wav: expected a mono signal of shape [L], got shape {wav.shape}")
     if not (isinstance(sr, (int, np.integer)) and sr > 0):
         raise ValueError(f"sr: expected a positive int sample rate, got {sr!r}")
+    if not np.isfinite(wav).all():
+        raise ValueError(f"wav: expected finite samples, got {int(wav.size - np.isfinite(wav).sum())} NaN/inf")
+    if limit not in ("soft", "normalize", "error"):
+        raise ValueError(f"limit: expected 'soft', 'normalize' or 'error', got {limit!r}")
     path = pathlib.Path(os.fspath(path))
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
+    if peak > 1.0:
+        n = int((np.abs(wav) > 1.0).sum())
+        if limit == "error":
+            raise ValueError(f"wav: peak {peak:.3f} exceeds full scale (1.0) in {n} samples; it would clip")
+        wav = soft_limit(wav) if limit == "soft" else (wav * (LIMIT_CEILING / peak)).astype(np.float32)
+        how = (f"soft-limited above {LIMIT_KNEE} (peak now {np.abs(wav).max():.3f})" if limit == "soft"
+               else f"scaled by {LIMIT_CEILING / peak:.3f} to peak {LIMIT_CEILING}")
+        log.warning("%s: the signal's peak %.3f exceeds full scale in %d sample(s) and would clip; %s", path, peak,
+                    n, how)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(wav, -1.0, 1.0), int(sr), subtype=subtype)
+    sf.write(str(path), wav, int(sr), subtype=subtype)
 
 
 # ------------------------------------------------------------------------------------------- resampling

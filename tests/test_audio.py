@@ -227,3 +227,51 @@ def test_load_wav_errors_and_resampling(tmp_path):
     assert sr == 24000 and y.shape == (12000,)
     with pytest.raises(ValueError, match="mono"):
         audio.save_wav(tmp_path / "c.wav", np.zeros((2, 10)), SR)
+
+
+# --- no silent clipping, loudness ------------------------------------------------------------------------------
+def test_save_wav_soft_limits_a_signal_that_would_clip_with_a_warning(tmp_path, caplog):
+    x = _tone(440.0, 0.25, amp=1.5)  # peak ~1.5: would clip on every cycle
+    peak = float(np.abs(x).max())
+    with caplog.at_level("WARNING", logger="fmjax.audio"):
+        audio.save_wav(tmp_path / "loud.wav", x, SR)
+    assert f"peak {peak:.3f} exceeds full scale" in caplog.text and "soft-limited above 0.9" in caplog.text
+    y, _ = audio.load_wav(tmp_path / "loud.wav")
+    assert np.abs(y).max() < audio.LIMIT_CEILING + 1 / 32768  # never full scale (16-bit step 1/32768)
+    quiet = np.abs(x) <= audio.LIMIT_KNEE
+    assert np.abs(y[quiet] - x[quiet]).max() <= 1 / 32768  # below the knee: untouched up to quantisation
+    order = np.argsort(x)
+    assert np.all(np.diff(y[order]) >= -1 / 32768)  # monotonic: the waveform's shape is kept, not flattened
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fmjax.audio"):
+        audio.save_wav(tmp_path / "norm.wav", x, SR, limit="normalize")
+    z, _ = audio.load_wav(tmp_path / "norm.wav")
+    np.testing.assert_allclose(z, x * (audio.LIMIT_CEILING / peak), atol=1 / 32768)  # one gain, 16-bit rounding
+    assert f"scaled by {audio.LIMIT_CEILING / peak:.3f}" in caplog.text
+    with pytest.raises(ValueError, match=f"wav: peak {peak:.3f} exceeds full scale"):
+        audio.save_wav(tmp_path / "e.wav", x, SR, limit="error")
+    with pytest.raises(ValueError, match="wav: expected finite samples, got 1 NaN/inf"):
+        audio.save_wav(tmp_path / "n.wav", np.array([0.0, np.nan], np.float32), SR)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fmjax.audio"):
+        audio.save_wav(tmp_path / "ok.wav", 0.5 * x, SR)  # within full scale: as is, no warning
+    assert not caplog.text
+
+
+def test_soft_limit_rule_and_loudness():
+    x = np.linspace(-3, 3, 6001, dtype=np.float32)
+    y = audio.soft_limit(x)
+    assert np.abs(y).max() <= audio.LIMIT_CEILING < 1 and np.all(np.diff(y) >= 0)
+    near = np.abs(x) < 1.2
+    assert np.all(np.diff(y[near]) > 0)  # strictly increasing where float32 resolves tanh
+    inside = np.abs(x) <= audio.LIMIT_KNEE
+    np.testing.assert_array_equal(y[inside], x[inside])
+    slope = np.gradient(y, x)[np.argmin(np.abs(x - audio.LIMIT_KNEE))]
+    assert abs(slope - 1) < 0.01  # continuous slope at the knee (finite difference over 1e-3)
+    sine = np.sin(2 * np.pi * np.arange(48000) / 48)  # whole periods of a full-scale sine
+    level = audio.loudness(sine)
+    assert abs(level["rms_dbfs"] - 20 * np.log10(np.sqrt(0.5))) < 1e-9 and abs(level["peak_dbfs"]) < 1e-9
+    assert abs(audio.loudness(0.1 * sine)["rms_dbfs"] - (level["rms_dbfs"] - 20)) < 1e-9
+    assert audio.loudness(np.zeros(8))["rms_dbfs"] == -np.inf
+    with pytest.raises(ValueError, match="wav: expected a non-empty finite signal"):
+        audio.loudness(np.array([np.inf]))
