@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pathlib
+import time
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -14,7 +16,9 @@ __all__ = ["plot_loss_curve", "plot_points"]
 
 
 def plot_loss_curve(rows: list[dict], path, title: str = "") -> pathlib.Path:
-    """Training (and validation) loss against step, and the latest validation loss per flow-time bin.
+    """Training (and validation) loss against step on a log y-axis (a non-positive loss: linear, the first 10 % of
+    steps cropped), and the latest validation loss per flow-time bin; titled with the experiment, the last step
+    and the date.
 
     Args:
       rows: ``metrics.jsonl`` rows (:func:`train.metrics.read_metrics`).
@@ -30,11 +34,20 @@ def plot_loss_curve(rows: list[dict], path, title: str = "") -> pathlib.Path:
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss")
     values = [r["loss"] for r in train] + [r["val_loss"] for r in evals]
-    if values and min(values) > 0 and max(values) / min(values) > 10:
+    if values and min(values) > 0:  # a log axis: the first steps' loss would flatten everything after them
         ax.set_yscale("log")
+    elif len(train) > 10:  # a loss that is not positive: linear, with the first 10 % of steps cropped
+        tail = [r["loss"] for r in train[len(train) // 10:]] + [r["val_loss"] for r in evals]
+        pad = 0.05 * (max(tail) - min(tail) or 1.0)
+        ax.set_ylim(min(tail) - pad, max(tail) + pad)
+    steps = [r["step"] for r in train + evals]
+    last_step = max(steps) if steps else 0
     ax.set_xlabel("step")
-    ax.set_ylabel("flow-matching loss (MSE)")
-    ax.set_title(f"{title} loss" if title else "loss")
+    ax.set_ylabel("flow-matching loss (MSE)" + (", log scale" if ax.get_yscale() == "log" else ""))
+    ax.set_title(f"{title + ': ' if title else ''}train and validation loss, steps 1-{last_step}")
+    if ax.get_yscale() == "log":  # plain numbers on the ticks, not powers of ten
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     if per_t:
@@ -47,6 +60,7 @@ def plot_loss_curve(rows: list[dict], path, title: str = "") -> pathlib.Path:
         ax.set_ylabel("validation loss")
         ax.set_title(f"validation loss per t-bin at step {last['step']}")
         ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{title or 'run'} at step {last_step} ({time.strftime('%Y-%m-%d %H:%M')})", fontsize=10)
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path, dpi=100)
