@@ -402,9 +402,11 @@ def _read_json(path: pathlib.Path, what: str) -> dict:
     return data
 
 
-def load_flow_checkpoint(directory):
+def load_flow_checkpoint(directory, *, what: str = "directory"):
     """Reads a checkpoint written by :func:`save_flow_checkpoint`: ``(config, params)``. The saved tree is checked
     against the shapes the config implies before the arrays are read.
+
+    ``what`` names the argument in error messages.
 
     Raises:
       FileNotFoundError: ``directory`` lacks ``config.json`` or ``params/``.
@@ -416,11 +418,12 @@ def load_flow_checkpoint(directory):
     path = pathlib.Path(os.fspath(directory)).resolve()
     if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
         raise FileNotFoundError(
-            f"directory: {str(path)!r} is not an fmjax flow checkpoint (expected {CONFIG_FILE} and {PARAMS_DIR}/)")
+            f"{what}: {str(path)!r} is not an fmjax flow checkpoint (expected {CONFIG_FILE} and {PARAMS_DIR}/)")
+    data = _read_json(path / CONFIG_FILE, what)
     try:
-        config = flow_config_from_dict(_read_json(path / CONFIG_FILE, "directory"))
+        config = flow_config_from_dict(data)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"directory: {str(path / CONFIG_FILE)!r} is not a flow config ({err})") from err
+        raise CheckpointError(f"{what}: {str(path / CONFIG_FILE)!r} is not a flow config ({err})") from err
     target = _param_shapes(_flow_module(config))
     with ocp.StandardCheckpointer() as ckptr:
         try:
@@ -428,16 +431,16 @@ def load_flow_checkpoint(directory):
             saved = getattr(saved, "item_metadata", saved)
             table = leaf_table(saved)
         except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"directory: {str(path / PARAMS_DIR)!r} is not a readable orbax tree "
+            raise CheckpointError(f"{what}: {str(path / PARAMS_DIR)!r} is not a readable orbax tree "
                                   f"({_first_line(err)})") from err
         diff = compare_leaves(leaf_table(target), table, dtypes=False)  # restored as the target's float32
         if diff:
-            raise IncompatibleCheckpointError(f"directory: the params in {str(path)!r} do not fit its "
+            raise IncompatibleCheckpointError(f"{what}: the params in {str(path)!r} do not fit its "
                                               f"{CONFIG_FILE}:\n  " + "\n  ".join(diff))
         try:
             params = ckptr.restore(path / PARAMS_DIR, target)
         except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"directory: the params in {str(path)!r} cannot be read ({_first_line(err)})") from err
+            raise CheckpointError(f"{what}: the params in {str(path)!r} cannot be read ({_first_line(err)})") from err
     return config, params
 
 
@@ -483,7 +486,7 @@ def load_flow(path, *, ema: bool = True, what: str = "path") -> LoadedFlow:
     checkpoint meta + ``checkpoints/``; EMA params unless ``ema=False``). ``what`` names the argument in errors."""
     p = pathlib.Path(os.fspath(path))
     if (p / CONFIG_FILE).is_file() and (p / PARAMS_DIR).is_dir():
-        config, params = load_flow_checkpoint(p)
+        config, params = load_flow_checkpoint(p, what=what)
         return LoadedFlow(_flow_module(config), params, None, "flow_checkpoint", None)
     if (p / CHECKPOINTS_DIR).is_dir():
         return load_teacher(p, ema=ema, what=what)

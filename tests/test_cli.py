@@ -118,6 +118,30 @@ def test_cli_streaming_griffin_lim_trainer_workdir(files, capsys):
     assert [r[0] for r in rows] == ["10", "10", "10", "3"]
     assert sum(int(r[1]) for r in rows) == 2 * 33 * UP
     assert "faster than real time" in text
+    assert "first pass (includes compilation):" in text and "second pass (compiled):" in text  # both RTFs
+    assert text.count("real-time factor") == 2
+
+
+def test_cli_default_output_is_under_a_run_folder(files, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["token2wav", "--flow", str(files / "flow"), "--utterance", "carib_m5/002", "--offline", "--steps",
+                 "1", "--gl-iters", "1", "--single-pass", *WINDOW]) == 0
+    (wav,) = tmp_path.glob("runs/token2wav/*/out.wav")
+    _check_wav(wav, 49)
+    text = capsys.readouterr().out
+    assert f"wrote {wav.relative_to(tmp_path)}" in text and "second pass" not in text
+
+
+def test_chunk_table_explains_buffering():
+    from fmjax.cli import _chunk_table
+
+    r = {"latency": [0.2, 0.1, 0.05], "samples": [0, 9600, 4800], "starts": [0, 10, 20], "init": 0.01}
+    table = _chunk_table(r, 10, 25, 24000, 3)
+    rows = table.splitlines()
+    assert rows[1].split() == ["0", "10", "0.200", "0", "-"]  # latency 0.2 s, nothing emitted: buffered
+    assert rows[2].split() == ["1", "10", "0.100", "9600", "0.25"]  # 0.1 s for 0.4 s of audio
+    assert "the arrival only buffered its tokens" in table and "the 3 look-ahead token(s)" in table
+    assert "arrivals that emitted audio faster than real time: 2/2" in table
 
 
 @pytest.mark.parametrize("args, message", [
@@ -132,20 +156,40 @@ def test_cli_streaming_griffin_lim_trainer_workdir(files, capsys):
      r"--prompt-utterance / --prompt-wav: give one prompt"),
     (["--tokens", "{ids300}", "--prompt-utterance", "us_f2/000", "--offline"],  # speaker: the prompt's
      r"tokens: 1 id\(s\) outside the vocabulary \[0, 256\)"),
-    (["--utterance", "carib_m5/002", "--chunk", "0"], r"--chunk: expected a positive int, got 0"),
+    (["--utterance", "carib_m5/002", "--chunk", "0"], r"argument --chunk: expected an int >= 1, got 0"),
     (["--utterance", "carib_m5/002", "--flow", "{root}"], r"--flow: .* is neither an fmjax flow checkpoint"),
+    (["--utterance", "carib_m5/002", "--cfg", "nan"], r"argument --cfg: expected a finite number >= 0, got 'nan'"),
+    (["--utterance", "carib_m5/002", "--cfg", "-1"], r"argument --cfg: expected a finite number >= 0, got '-1'"),
+    (["--utterance", "carib_m5/002", "--steps", "two"], r"argument --steps: expected an int >= 1, got 'two'"),
+    (["--utterance", "carib_m5/002", "--solver", "rk5"], r"argument --solver: invalid choice: 'rk5'"),
+    (["--utterance", "carib_m5/002", "--out", "{root}"], r"--out: expected a .wav file path, .* is a directory"),
+    (["--utterance", "carib_m5/002", "--out", "{root}/x.txt"], r"--out: expected a .wav \(or .flac\) file path"),
+    (["--utterance", "carib_m5/002", "--out", "{bad}/x.wav"], r"--out: cannot write"),  # a file as the parent
+    (["--tokens", "{npz}"], r"--tokens: .* is not a readable .npy of integer ids"),
+    (["--utterance", "carib_m5/002", "--speaker-embedding", "{spknan}"],
+     r"--speaker-embedding: expected finite values, got 1 NaN/inf"),
+    (["--utterance", "carib_m5/002", "--flow", "{emptyflow}"], r"--flow: .*config.json.* is not readable JSON"),
 ])
 def test_cli_bad_arguments(files, capsys, args, message):
     (files / "bad.txt").write_text("1 2 x 4")
     (files / "ids300.txt").write_text("1 2 300 4")
     np.save(files / "spk12.npy", np.zeros(12, np.float32))
+    (files / "ids.npy").write_bytes(b"\x93NUMPY truncated")
+    spk = np.zeros(192, np.float32)
+    spk[3] = np.nan
+    np.save(files / "spknan.npy", spk)
+    (files / "emptyflow" / "params").mkdir(parents=True, exist_ok=True)
+    (files / "emptyflow" / "config.json").write_text("{not json")
     subs = {"{bad}": str(files / "bad.txt"), "{ids300}": str(files / "ids300.txt"), "{root}": str(files),
-            "{spk12}": str(files / "spk12.npy")}
-    args = [subs.get(a, a) for a in args]
+            "{spk12}": str(files / "spk12.npy"), "{npz}": str(files / "ids.npy"), "{spknan}": str(files / "spknan.npy"),
+            "{emptyflow}": str(files / "emptyflow")}
+    args = [next((a.replace(k, v) for k, v in subs.items() if k in a), a) for a in args]
     flow = [] if "--flow" in args else ["--flow", str(files / "flow")]
     with pytest.raises(SystemExit) as exit_info:
         main(["token2wav", *flow, "--out", str(files / "never.wav"), *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert re.search(message, err), err
+    assert "Traceback" not in err and len(err.strip().splitlines()[-1]) > 0
+    assert err.strip().splitlines()[-1].startswith("python -m fmjax.cli token2wav: error: ")  # one line, argparse style
     assert not (files / "never.wav").exists()
