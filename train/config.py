@@ -206,7 +206,8 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or repr(tp).replace("typing.", "")
 
 
-def _set(config, path: list[str], text: str, full_key: str, root):
+def _lookup(config, path: list[str], text: str, full_key: str, root):
+    """The parsed value of ``--set full_key=text`` (checked against the field's declared type)."""
     hints = _hints(config)
     name = path[0]
     if name not in hints:
@@ -216,21 +217,36 @@ def _set(config, path: list[str], text: str, full_key: str, root):
         if len(path) == 1:
             raise ValueError(f"--set {full_key}: is a section, set one of its fields: "
                              f"{', '.join(leaf_keys(current, full_key + '.'))}")
-        return dataclasses.replace(config, **{name: _set(current, path[1:], text, full_key, root)})
+        return _lookup(current, path[1:], text, full_key, root)
     if len(path) > 1:
         raise ValueError(f"--set {full_key}: unknown key; valid keys are: {', '.join(leaf_keys(root))}")
-    return dataclasses.replace(config, **{name: _parse(full_key, text, hints[name])})
+    return _parse(full_key, text, hints[name])
+
+
+def _rebuild(config, changes: dict):
+    """``config`` with the nested ``changes`` applied: one ``dataclasses.replace`` per changed dataclass, so fields
+    that must agree (e.g. an encoder's input and output widths) can be changed together."""
+    kwargs = {name: _rebuild(getattr(config, name), sub) if isinstance(sub, dict) else sub
+              for name, sub in changes.items()}
+    return dataclasses.replace(config, **kwargs)
 
 
 def apply_overrides(config, overrides: Sequence[str]):
-    """``config`` with each ``"a.b=value"`` applied in order (values parsed against the field types)."""
+    """``config`` with every ``"a.b=value"`` applied (values parsed against the field types; a key given twice
+    takes its last value). All overrides are applied at once, so each dataclass validates its new fields together."""
+    changes: dict = {}
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
             raise ValueError(f"--set: expected key=value (e.g. optim.lr=1e-3), got {item!r}")
         key, text = item.split("=", 1)
         key = key.strip()
-        config = _set(config, key.split("."), text, key, config)
-    return config
+        path = key.split(".")
+        value = _lookup(config, path, text, key, config)
+        node = changes
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return _rebuild(config, changes) if changes else config
 
 
 def check_config(config) -> None:

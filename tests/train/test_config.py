@@ -116,3 +116,14 @@ def test_cli_rejects_bad_set_before_running(tmp_path, capsys):
     assert not (tmp_path / "config.json").exists()
     assert main(["--config", "toy2d", "--list-keys"]) == 0
     assert "train.steps" in capsys.readouterr().out.split()
+
+
+def test_overrides_apply_together_so_coupled_fields_can_change():
+    from train.configs import token2mel
+
+    keys = ["model.flow.encoder.input_size=32", "model.flow.encoder.output_size=32"]
+    cfg = apply_overrides(token2mel.get_config("tiny"), keys)  # one at a time, either order would be refused
+    assert (cfg.model.flow.encoder.input_size, cfg.model.flow.encoder.output_size) == (32, 32)
+    with pytest.raises(ValueError, match="input_size"):
+        apply_overrides(token2mel.get_config("tiny"), keys[:1])
+    assert apply_overrides(token2mel.get_config("tiny"), ["train.steps=5", "train.steps=7"]).train.steps == 7
