@@ -173,6 +173,9 @@ class CFMLoss:
 
         x_t, u, cond_used = jax.vmap(prepare)(x1, jnp.asarray(d.z, x1.dtype), t, keep, prompt_len, cond)
         v = velocity(t, x_t, cond_used)  # the whole batch at once
+        if isinstance(v, (tuple, list)):
+            raise ValueError(f"velocity: expected an output of shape {x1.shape}, got a {type(v).__name__} "
+                             "(did it return a (v, aux) tuple?)")
         if v.shape != x1.shape:
             raise ValueError(f"velocity: expected an output of shape {x1.shape}, got {v.shape}")
 
@@ -188,6 +191,8 @@ class CFMLoss:
 
     # ------------------------------------------------------------------------------------------- validation
     def _check(self, x1, mask, cond, key, draws, check_inputs=True):
+        if draws is not None and not isinstance(draws, LossDraws):
+            raise TypeError(f"draws: expected a LossDraws, got {type(draws).__name__}")
         check_floating("x1", x1)
         if check_inputs:
             check_finite("x1", x1)

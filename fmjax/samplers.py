@@ -98,9 +98,12 @@ def _times(t, x):
 
 def _checked(v, x):
     """The velocity ``v`` after checking it has the state's shape (at trace time: free under jit)."""
+    if isinstance(v, (tuple, list)):
+        raise ValueError(f"velocity: expected an array of the state's shape {tuple(jnp.shape(x))}, got a "
+                         f"{type(v).__name__} of {len(v)} (did it return a (v, aux) tuple?)")
     if jnp.shape(v) != jnp.shape(x):
         raise ValueError(f"velocity: expected an output of the state's shape {tuple(jnp.shape(x))}, got "
-                         f"{tuple(jnp.shape(v))}" + (" (did it return a (v, aux) tuple?)" if isinstance(v, tuple) else ""))
+                         f"{tuple(jnp.shape(v))}")
     return v
 
 
