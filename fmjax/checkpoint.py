@@ -237,7 +237,9 @@ class Checkpointer:
     def _check_structure(self, step: int, abstract_state) -> None:
         try:
             saved = self._manager.item_metadata(step)["state"]
-            table = leaf_table(saved)
+            table = leaf_table(saved) if saved is not None else {}
+            if not table:  # orbax returns no tree when the array metadata is unreadable
+                raise ValueError("no tree metadata")
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(f"its state metadata cannot be read ({_first_line(err)})") from err
         diff = compare_leaves(leaf_table(abstract_state), table)
@@ -429,6 +431,8 @@ def load_flow_checkpoint(directory, *, what: str = "directory"):
         try:
             saved = ckptr.metadata(path / PARAMS_DIR)
             saved = getattr(saved, "item_metadata", saved)
+            if saved is None:  # orbax logs a warning and returns no tree when the array metadata is unreadable
+                raise ValueError("no tree metadata")
             table = leaf_table(saved)
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(f"{what}: {str(path / PARAMS_DIR)!r} is not a readable orbax tree "
