@@ -128,7 +128,7 @@ def test_vocoder_finalize_without_chunk_emits_the_withheld_tail(setup):
     tail, done = vocoder_finalize(cfg, params, cache)
     np.testing.assert_array_equal(np.asarray(tail), np.asarray(cache.speech))  # withheld, never faded
     assert total + tail.shape[1] == 80 * UP
-    assert bool(done.finalized)
+    assert np.asarray(done.finalized).tolist() == [True, True]  # per row
 
 
 def test_vocoder_stream_errors(setup):

@@ -255,15 +255,15 @@ def init_hift(config: HiFTConfig, seed: int = 0):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _inference(config, params, mel, key, sine_noise, initial_phase, start_frame, source_prefix):
+def _inference(config, params, mel, key, sine_noise, initial_phase, start_frame, source_prefix, stream_ids):
     b, t, _ = mel.shape
     if sine_noise is None:
         k_noise, k_phase = jax.random.split(key)
         sine_noise = draw_sine_noise(
-            k_noise, b, t, config.upsample_factor, config.harmonics, start_frame=start_frame
+            k_noise, b, t, config.upsample_factor, config.harmonics, start_frame=start_frame, rows=stream_ids
         )  # [b, L, h]
         if initial_phase is None and config.source == "sinegen":
-            initial_phase = draw_initial_phase(k_phase, b, config.harmonics)  # [b, h]
+            initial_phase = draw_initial_phase(k_phase, b, config.harmonics, rows=stream_ids)  # [b, h]
     wav, source, _ = HiFTGenerator(config).apply(
         params, mel, sine_noise, initial_phase, source_prefix=source_prefix
     )
@@ -280,13 +280,15 @@ def hift_inference(
     initial_phase: Float[Array, "b h"] | None = None,
     start_frame=0,
     cache_source: Float[Array, "b S"] | None = None,
+    stream_ids=None,
 ) -> tuple[Float[Array, "b L"], Float[Array, "b L"]]:
     """Vocodes ``mel [b, t, m]`` -> ``(wav [b, L], source [b, L])``, ``L = upsample_factor·t``; jitted per shape.
 
     Give either ``key`` (noise drawn by absolute frame position ``start_frame + j``; SineGen's initial phases
     from a split of it unless given) or ``sine_noise [b, L, harmonics]`` (e.g. recorded torch draws).
     ``cache_source [b, S]`` (``S <= L``) overwrites the first ``S`` source samples, as CosyVoice2 does when
-    streaming.
+    streaming. ``stream_ids [b]`` (default ``0 .. b-1``) key each row's noise by its stream's id, so a row's audio
+    does not depend on its place in the batch.
     """
     check_mel(mel, config)
     b, t, _ = mel.shape
@@ -306,7 +308,10 @@ def hift_inference(
         raise ValueError(f"cache_source: expected shape [{b}, S <= {length}], got {tuple(cache_source.shape)}")
     if cache_source is not None and cache_source.shape[1] == 0:
         cache_source = None
-    return _inference(config, params, mel, key, sine_noise, initial_phase, start_frame, cache_source)
+    if stream_ids is not None and tuple(np.shape(stream_ids)) != (b,):
+        raise ValueError(f"stream_ids: expected [{b}] integer ids, got shape {np.shape(stream_ids)}")
+    return _inference(config, params, mel, key, sine_noise, initial_phase, start_frame, cache_source,
+                      None if stream_ids is None else jnp.asarray(stream_ids, jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

@@ -154,24 +154,26 @@ def sinegen(
 
 
 def draw_sine_noise(
-    key: Key, batch: int, frames: int, upsample: int, harmonics: int, *, start_frame=0
+    key: Key, batch: int, frames: int, upsample: int, harmonics: int, *, start_frame=0, rows=None
 ) -> Float[Array, "b L h"]:
     """Standard-normal source noise ``[batch, frames·upsample, harmonics]`` fixed by absolute position.
 
     Value ``(r, n, i)`` (row, absolute sample ``start_frame·upsample + n``, harmonic) is a counter-based
-    Threefry draw on the counter pair (flat position // 2, r), so a chunk starting at ``start_frame`` (a Python
-    int or an int32 scalar array) gets exactly the slice that one offline call draws, and one vectorised
-    hash serves the whole array (compiling ``vmap``-ed per-frame keys is far slower). Bits become normals as
-    ``jax.random.normal`` does (uniform on (-1, 1), then ``√2·erfinv``). Positions wrap after 2³² draws (hours).
+    Threefry draw on the counter pair (flat position // 2, ``rows[r]``), so a chunk starting at ``start_frame`` (a
+    Python int, an int32 scalar, or one start per row ``[b]``) gets exactly the slice that one offline call draws,
+    and one vectorised hash serves the whole array (compiling ``vmap``-ed per-frame keys is far slower). ``rows``
+    (``[b]`` int, default ``0 .. b-1``) are the streams' ids: a stream's noise depends on its id, never on where it
+    sits in a batch. Bits become normals as ``jax.random.normal`` does (uniform on (-1, 1), then ``√2·erfinv``).
+    Positions wrap after 2³² draws (hours).
     """
     if (upsample * harmonics) % 2:
         raise ValueError(f"upsample * harmonics: expected an even count per frame, got {upsample} * {harmonics}")
     per_frame = upsample * harmonics // 2  # counter pairs per frame
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    first = jnp.asarray(start_frame).astype(jnp.uint32) * jnp.uint32(per_frame)
-    pair = first + jnp.arange(frames * per_frame, dtype=jnp.uint32)  # [P]
-    rows = jnp.arange(batch, dtype=jnp.uint32)[:, None]  # [b, 1]
-    count = jnp.stack(jnp.broadcast_arrays(pair[None, :], rows))  # [2, b, P]: (position, row) words
+    start = jnp.broadcast_to(jnp.asarray(start_frame).astype(jnp.uint32), (batch,))[:, None]  # [b, 1]
+    pair = start * jnp.uint32(per_frame) + jnp.arange(frames * per_frame, dtype=jnp.uint32)[None, :]  # [b, P]
+    ids = jnp.arange(batch, dtype=jnp.uint32) if rows is None else jnp.asarray(rows).astype(jnp.uint32)
+    count = jnp.stack(jnp.broadcast_arrays(pair, ids[:, None]))  # [2, b, P]: (position, stream id) words
     bits = threefry_2x32(seed, count.reshape(-1)).reshape(2, batch, -1)  # both output words are used
     bits = jnp.stack([bits[0], bits[1]], axis=-1).reshape(batch, frames * upsample, harmonics)  # [b, L, h]
     unit = lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0  # [0, 1)
@@ -180,9 +182,12 @@ def draw_sine_noise(
     return np.float32(np.sqrt(2.0)) * lax.erf_inv(u)
 
 
-def draw_initial_phase(key: Key, batch: int, harmonics: int) -> Float[Array, "b h"]:
-    """SineGen's initial phases ``U(-π, π)`` per harmonic, 0 for the fundamental: ``[batch, harmonics]``."""
-    phase = jax.random.uniform(key, (batch, harmonics), minval=-np.pi, maxval=np.pi)
+def draw_initial_phase(key: Key, batch: int, harmonics: int, *, rows=None) -> Float[Array, "b h"]:
+    """SineGen's initial phases ``U(-π, π)`` per harmonic, 0 for the fundamental: ``[batch, harmonics]``; row ``r``
+    draws from ``fold_in(key, rows[r])`` (``rows`` default ``0 .. b-1``: the streams' ids)."""
+    ids = jnp.arange(batch) if rows is None else jnp.asarray(rows)
+    phase = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (harmonics,), minval=-np.pi,
+                                                  maxval=np.pi))(ids)
     return phase.at[:, 0].set(0.0)
 
 
