@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gl-iters", type=_int_at_least(1), default=32,
                    help="Griffin-Lim iterations per window (default: 32)")
     g = t.add_argument_group("inputs (one token source; the prompt and speaker are optional)")
-    g.add_argument("--tokens", help="ids to synthesise: .npy or a text file of integers")
-    g.add_argument("--utterance", help="synthesise the tokens of this corpus utterance id")
+    g.add_argument("--tokens", help="ids to synthesise: .npy or a text file of integers (this or --utterance is "
+                                    "required)")
+    g.add_argument("--utterance", help="synthesise the tokens of this corpus utterance id (this or --tokens is "
+                                       "required)")
     g.add_argument("--prompt-utterance", help="prompt: tokens and mel of this corpus utterance id (default: none)")
     g.add_argument("--prompt-mel", help="prompt: a [t, m] log-mel .npy (default: none)")
     g.add_argument("--prompt-tokens", help="prompt ids for --prompt-mel (default: the corpus tokenizer)")

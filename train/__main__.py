@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True,
-                    help="experiment: a config file (train/configs/<name>.py) or its name, e.g. toy2d, token2mel")
+                    help="experiment: a config file (train/configs/<name>.py) or its name, e.g. toy2d, token2mel "
+                         "(required)")
     ap.add_argument("--preset", default="tiny", help="config preset; every experiment has 'tiny' (default: tiny)")
     ap.add_argument("--workdir", help="run directory: checkpoints/, config.json, metrics.jsonl, tb/, PNGs "
                                       "(required unless --list-keys)")
