@@ -6,16 +6,23 @@
 1. Sentences: ``per_speaker x len(SPEAKERS)`` distinct short English sentences drawn from the small grammar
    below with ``numpy.random.RandomState(seed)`` (legacy generator: its stream is frozen). The grammar and
    its word lists were written for fmjax and are dedicated to the public domain (CC0).
-2. Speech: each speaker (an espeak-ng voice + variant, pitch and speed) reads its own sentences; espeak-ng
-   writes 16-bit 22.05 kHz wavs. Silence after the last sample above -60 dBFS is cut to 100 ms.
-3. Corpus: :func:`fmjax.data.prepare.prepare_corpus` resamples to 24 kHz, computes the CosyVoice2 log-mels,
-   splits 4 utterances per speaker into validation, fits a 256-centroid k-means tokenizer on the training
-   frame pairs and keeps the validation audio as FLAC.
+2. Speech: each speaker (an espeak-ng American-English voice variant, pitch and speed) reads its own sentences.
+   ``scripts/espeak_events.py`` runs espeak-ng's library in a fresh process per utterance -- the samples are
+   those of ``espeak-ng -v VOICE -p PITCH -s SPEED -w out.wav TEXT`` -- and also returns the start sample of
+   every phoneme. 16-bit 22.05 kHz; silence after the last sample above -60 dBFS is cut to 100 ms.
+3. Phone states: each 25-Hz token gets the phone at its centre, split into left-to-right states, 256 states in
+   all (:mod:`fmjax.data.phone_states`). These are the training targets of the tokenizer; they are written to
+   ``alignment.npz`` for analysis (nothing at training or generation time reads them).
+4. Corpus: :func:`fmjax.data.prepare.prepare_corpus` resamples to 24 kHz, computes the CosyVoice2 log-mels,
+   splits 4 utterances per speaker into validation, fits the speaker-normalised tokenizer's MLP head to the
+   training phone states (:mod:`fmjax.data.tokenizer`), tokenises every utterance with it and keeps the
+   validation audio as FLAC.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import re
 import subprocess
@@ -28,19 +35,24 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fmjax import audio  # noqa: E402
+from fmjax.data.phone_states import PhoneStates, token_phones  # noqa: E402
 from fmjax.data.prepare import prepare_corpus  # noqa: E402
 
-# name: (espeak-ng voice+variant, pitch 0-99, speed in words per minute)
+# name: (espeak-ng voice+variant, pitch 0-99, speed in words per minute). One accent (American English), so that
+# the speakers differ in voice, pitch and tempo but not in their phone inventory: the phone-state tokens are then
+# nearly speaker-independent (with eight accents the phone states alone identify half of the speakers; README).
 SPEAKERS = {
     "us_m3": ("en-us+m3", 45, 165),
     "us_f2": ("en-us+f2", 62, 160),
-    "rp_m1": ("en-gb-x-rp+m1", 35, 172),
-    "scot_f4": ("en-gb-scotland+f4", 70, 155),
-    "carib_m5": ("en-029+m5", 50, 175),
-    "gb_f3": ("en-gb+f3", 80, 150),
-    "nyc_m7": ("en-us-nyc+m7", 25, 180),
-    "wmid_f1": ("en-gb-x-gbcwmd+f1", 55, 165),
+    "us_m1": ("en-us+m1", 35, 172),
+    "us_f4": ("en-us+f4", 70, 155),
+    "us_m5": ("en-us+m5", 50, 175),
+    "us_f3": ("en-us+f3", 80, 150),
+    "us_m7": ("en-us+m7", 25, 180),
+    "us_f1": ("en-us+f1", 55, 165),
 }
+ESPEAK_RATE = 22050
+WORKER = pathlib.Path(__file__).resolve().parent / "espeak_events.py"
 
 NOUNS = ("cat", "dog", "bird", "horse", "girl", "farmer", "sailor", "teacher", "baker", "doctor", "boy", "goat",
          "painter", "driver", "singer", "student", "neighbour", "king", "queen", "clerk", "miner", "pilot")
@@ -113,14 +125,24 @@ def espeak_version() -> str:
     return out.split("  Data at")[0].strip()
 
 
-def synthesise(text: str, voice: str, pitch: int, speed: int, path: pathlib.Path) -> None:
-    """espeak-ng -> wav, then trailing silence (below -60 dBFS) cut to 100 ms."""
-    subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(path), text],
-                   check=True, capture_output=True)
+def synthesise(text: str, voice: str, pitch: int, speed: int, path: pathlib.Path) -> list[tuple[int, str]]:
+    """espeak-ng -> wav (trailing silence below -60 dBFS cut to 100 ms); returns the ``(start sample, phoneme)``
+    events."""
+    out = subprocess.run([sys.executable, str(WORKER), voice, str(pitch), str(speed), str(path)], input=text,
+                         capture_output=True, text=True, check=True).stdout
     wav, sr = audio.load_wav(path)
+    if sr != ESPEAK_RATE:
+        raise RuntimeError(f"espeak-ng wrote {sr} Hz, expected {ESPEAK_RATE} Hz")
     loud = np.flatnonzero(np.abs(wav) > 1e-3)
     end = min(wav.size, (loud[-1] + 1 if loud.size else 0) + sr // 10)
     audio.save_wav(path, wav[:end], sr)
+    return [(int(a), str(p)) for a, p in json.loads(out)]
+
+
+def n_tokens(path: pathlib.Path, config: audio.MelConfig = audio.MelConfig()) -> int:
+    """Tokens of a wav as :func:`~fmjax.data.prepare.prepare_corpus` will count them (24-kHz frames // 2)."""
+    wav, _ = audio.load_wav(path, config.sample_rate, resample_to_sr=True)
+    return audio.num_frames(wav.size, config) // 2
 
 
 def main(argv=None) -> int:
@@ -129,26 +151,44 @@ def main(argv=None) -> int:
     p.add_argument("--per-speaker", type=int, default=40)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classifier-steps", type=int, default=1000)
     args = p.parse_args(argv)
     texts = sentences(args.per_speaker * len(SPEAKERS), args.seed)
+    phones = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         for s, (name, (voice, pitch, speed)) in enumerate(SPEAKERS.items()):
             (tmp / name).mkdir()
             for k in range(args.per_speaker):
-                text = texts[s * args.per_speaker + k]
-                synthesise(text, voice, pitch, speed, tmp / name / f"{k:03d}.wav")
-                (tmp / name / f"{k:03d}.txt").write_text(text + "\n")
+                text, uid = texts[s * args.per_speaker + k], f"{name}/{k:03d}"
+                events = synthesise(text, voice, pitch, speed, tmp / f"{uid}.wav")
+                (tmp / f"{uid}.txt").write_text(text + "\n")
+                phones[uid] = token_phones([a for a, _ in events], [q for _, q in events], ESPEAK_RATE,
+                                           n_tokens(tmp / f"{uid}.wav"))
+        states = PhoneStates.fit(list(phones.values()), args.vocab)
+        labels = {uid: states.labels(seq) for uid, seq in phones.items()}
+
+        def token_labels(uid: str, n: int) -> np.ndarray:
+            if labels[uid].shape != (n,):
+                raise RuntimeError(f"{uid}: {labels[uid].shape[0]} phone labels for {n} tokens")
+            return labels[uid]
+
         source = {"tool": espeak_version(), "script": "scripts/make_corpus.py", "seed": args.seed,
                   "speakers": {n: {"voice": v, "pitch": p_, "speed_wpm": s_} for n, (v, p_, s_) in SPEAKERS.items()},
+                  "alignment": "espeak-ng phoneme events -> alignment.npz (fmjax.data.phone_states)",
                   "text_licence": "CC0 (generated by scripts/make_corpus.py)"}
-        index = prepare_corpus(tmp, args.out, fit_vocab=args.vocab, kmeans_iters=100, valid_per_speaker=4,
-                               seed=args.seed, keep_wavs="valid", source=source)
+        index = prepare_corpus(tmp, args.out, fit_vocab=args.vocab, token_labels=token_labels,
+                               classifier_steps=args.classifier_steps, valid_per_speaker=4, seed=args.seed,
+                               keep_wavs="valid", source=source)
+    order = [u["id"] for u in index["utterances"]]
+    np.savez_compressed(pathlib.Path(args.out) / "alignment.npz", phones=np.array(states.phones),
+                        states=np.array(states.states, np.int16),
+                        labels=np.concatenate([labels[uid] for uid in order]).astype(np.int16))
     n_valid = sum(u["split"] == "valid" for u in index["utterances"])
     frames = sum(u["frames"] for u in index["utterances"])
     print(f"{len(index['utterances'])} utterances ({n_valid} valid), {len(index['speakers'])} speakers, "
-          f"{frames / 50 / 60:.1f} min, vocab {index['vocab_size']}, k-means objective "
-          f"{index['tokenizer']['objective_first']:.2f} -> {index['tokenizer']['objective_last']:.2f}")
+          f"{frames / 50 / 60:.1f} min, vocab {index['vocab_size']}, {len(states.phones)} phones, tokenizer loss "
+          f"{index['tokenizer']['loss_first']:.2f} -> {index['tokenizer']['loss_last']:.3f}")
     return 0
 
 

@@ -14,16 +14,17 @@ rejects them instead). Channels are averaged; a signal peaking above 1 is scaled
 the 24 kHz signal is rounded to 16-bit PCM before the front-end, so a kept FLAC reproduces its stored mel.
 
 Features. Log-mels with :func:`fmjax.audio.log_mel` (CosyVoice2 settings), stored as float16; tokens are made
-from the stored (float16-rounded) mel, trimmed to an even number of frames, with the shipped tokenizer
-(``data/corpus/tokenizer.npz``) unless ``--tokenizer`` names another or ``--fit-tokenizer K`` fits K centroids
-on the training split. Split: per speaker, ``--valid-per-speaker`` utterances (default 4, at most all but one)
-chosen by a stable hash of ``(seed, id)`` go to validation.
+from the stored (float16-rounded) mel, trimmed to an even number of frames, by the speaker-normalised tokenizer
+(:mod:`fmjax.data.tokenizer`): the shipped one (``data/corpus/tokenizer.npz``) unless ``--tokenizer`` names
+another, with its speaker table replaced by this corpus's speakers (cepstral mean/std of each speaker's training
+frames), or, with ``--fit-tokenizer K``, a K-centroid k-means tokenizer fitted on the training split (the Python
+API also fits the supervised head from per-token labels: ``token_labels``). The tokenizer written to the corpus
+holds every speaker's statistics, so generated mels can be re-tokenised as the target speaker's. Split: per
+speaker, ``--valid-per-speaker`` utterances (default 4, at most all but one) chosen by a stable hash of
+``(seed, id)`` go to validation.
 
-Speaker embeddings (192-d). For each speaker, over its training frames: the per-bin mean ``mu_s`` and std
-``sd_s`` of the log-mel; with the same over all training frames (``mu``, ``sd``), the statistics
-``z_s = [(mu_s - mu) / sd, log(sd_s / sd)]`` (160-d) are projected by a fixed Gaussian matrix
-``P = RandomState(0).standard_normal((160, 192)) / sqrt(160)`` (numpy's legacy generator, whose stream is
-frozen): ``e_s = z_s @ P``.
+Speaker embeddings (192-d): :func:`fmjax.data.speaker_embedding.speaker_embeddings` of each speaker's training
+frames (per-bin mean and std relative to all training frames, projected by a fixed Gaussian matrix).
 """
 
 from __future__ import annotations
@@ -41,15 +42,14 @@ import numpy as np
 
 from fmjax import audio
 from fmjax.data import corpus as corpus_lib
-from fmjax.data.tokenizer import SpeechTokenizer
+from fmjax.data.speaker_embedding import PROJECTION_SEED, SPK_DIM, speaker_embeddings
+from fmjax.data.tokenizer import SpeechTokenizer, speaker_statistics
 
-__all__ = ["prepare_corpus", "speaker_embeddings", "find_inputs", "main"]
+__all__ = ["prepare_corpus", "speaker_embeddings", "find_inputs", "main", "SPK_DIM", "PROJECTION_SEED"]
 
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-SPK_DIM = 192
-PROJECTION_SEED = 0
 
 
 class PrepareError(ValueError):
@@ -100,21 +100,6 @@ def _split(utts: list[dict], valid_per_speaker: int, seed: int) -> None:
             u["split"] = "valid" if k < n_valid else "train"
 
 
-def speaker_embeddings(mels_by_speaker: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-    """192-d speaker embeddings from each speaker's ``[t, m]`` log-mels (recipe in the module docstring)."""
-    frames = {s: np.concatenate(ms, axis=0).astype(np.float64) for s, ms in mels_by_speaker.items()}
-    every = np.concatenate(list(frames.values()), axis=0)
-    mu, sd = every.mean(axis=0), np.maximum(every.std(axis=0), 1e-5)
-    proj = np.random.RandomState(PROJECTION_SEED).standard_normal((2 * every.shape[1], SPK_DIM)) / np.sqrt(
-        2 * every.shape[1]
-    )
-    out = {}
-    for s, x in frames.items():
-        z = np.concatenate([(x.mean(axis=0) - mu) / sd, np.log(np.maximum(x.std(axis=0), 1e-5) / sd)])  # [2m]
-        out[s] = (z @ proj).astype(np.float32)  # [192]
-    return out
-
-
 _LOG_MEL = jax.jit(audio.log_mel, static_argnames="config")  # compiles once per distinct wav length
 
 
@@ -159,6 +144,8 @@ def prepare_corpus(
     tokenizer=None,
     fit_vocab: int | None = None,
     kmeans_iters: int = 50,
+    token_labels=None,
+    classifier_steps: int = 1000,
     valid_per_speaker: int = 4,
     seed: int = 0,
     keep_wavs: str = "none",
@@ -175,8 +162,11 @@ def prepare_corpus(
       wav_dir, out_dir: input folder and output corpus directory (created).
       metadata: optional ``path|speaker|text`` file.
       tokenizer: a tokenizer ``.npz`` (default: the shipped corpus's); ignored when ``fit_vocab`` is set.
-      fit_vocab: fit a new tokenizer with this many centroids on the training split (``kmeans_iters`` Lloyd
-        iterations from k-means++ seeded with ``jax.random.key(seed)``).
+      fit_vocab: fit a new tokenizer with this many tokens on the training split: k-means (``kmeans_iters``
+        Lloyd iterations from k-means++ seeded with ``jax.random.key(seed)``), or, with ``token_labels``, the
+        supervised MLP head (``classifier_steps`` AdamW steps).
+      token_labels: ``callable(id, n_tokens) -> int [n_tokens]`` labels in ``[0, fit_vocab)`` of the training
+        utterances (e.g. phone states, :mod:`fmjax.data.phone_states`); only with ``fit_vocab``.
       valid_per_speaker: validation utterances per speaker.
       keep_wavs: ``"none"``, ``"valid"`` or ``"all"``: copy those utterances' 24 kHz audio to ``wavs/`` as FLAC.
       resample, min_sample_rate, strict: the audio policy (module docstring).
@@ -184,6 +174,8 @@ def prepare_corpus(
     """
     from tqdm import tqdm
 
+    if token_labels is not None and fit_vocab is None:
+        raise ValueError("token_labels: only used to fit a tokenizer; pass fit_vocab too")
     if keep_wavs not in ("none", "valid", "all"):
         raise ValueError(f"keep_wavs: expected 'none', 'valid' or 'all', got {keep_wavs!r}")
     out = pathlib.Path(os.fspath(out_dir))
@@ -205,35 +197,49 @@ def prepare_corpus(
     if not utts:
         raise PrepareError(f"wavs: no usable audio under {str(wav_dir)!r} ({len(skipped)} skipped)")
     _split(utts, valid_per_speaker, seed)
-    train_mels = [mels[u["id"]] for u in utts if u["split"] == "train"]
+    train = [u for u in utts if u["split"] == "train"]  # every speaker keeps at least one training utterance
+    train_mels, train_speakers = [mels[u["id"]] for u in train], [u["speaker"] for u in train]
 
     out.mkdir(parents=True, exist_ok=True)
     if fit_vocab is not None:
-        tok, objective = SpeechTokenizer.fit(train_mels, fit_vocab, jax.random.key(seed), kmeans_iters)
-        tok_info = {"fitted": True, "vocab_size": fit_vocab, "kmeans_iters": kmeans_iters, "seed": seed,
-                    "objective_first": float(objective[0]), "objective_last": float(objective[-1])}
+        key = jax.random.key(seed)
+        if token_labels is None:
+            tok, history = SpeechTokenizer.fit(train_mels, train_speakers, fit_vocab, key, n_iter=kmeans_iters)
+            tok_info = {"fitted": True, "head": "k-means", "vocab_size": fit_vocab, "kmeans_iters": kmeans_iters,
+                        "seed": seed, "objective_first": float(history[0]), "objective_last": float(history[-1])}
+        else:
+            labels = [np.asarray(token_labels(u["id"], m.shape[0] // 2)) for u, m in zip(train, train_mels)]
+            tok, history = SpeechTokenizer.fit(train_mels, train_speakers, fit_vocab, key, labels=labels,
+                                               steps=classifier_steps)
+            tok_info = {"fitted": True, "head": "mlp", "vocab_size": fit_vocab, "steps": classifier_steps,
+                        "seed": seed, "loss_first": float(history[0]),
+                        "loss_last": float(np.mean(history[-50:]))}
+        tok_info.update(n_cepstra=tok.n_cepstra, context=tok.context)
     else:
         src = corpus_lib.corpus_paths(corpus_lib.DEFAULT_CORPUS)["tokenizer"] if tokenizer is None else tokenizer
+        by_spk: dict[str, list[np.ndarray]] = {}
+        for m, spk in zip(train_mels, train_speakers):
+            by_spk.setdefault(spk, []).append(m)
         tok = SpeechTokenizer.load(src)
-        tok_info = {"fitted": False, "from": str(src)}
+        tok = tok.with_speakers(*speaker_statistics(by_spk, tok.n_cepstra))
+        tok_info = {"fitted": False, "from": str(src), "speaker_statistics": "this corpus's training frames"}
     if tok.n_mels != config.n_mels:
         raise PrepareError(f"tokenizer: expects {tok.n_mels} mel bins, the front-end makes {config.n_mels}")
     tok.save(files["tokenizer"])
 
     tokens = {}
     for u in tqdm(utts, desc="tokens", disable=not progress, unit="utt"):
-        tokens[u["id"]] = np.asarray(tok.encode(mels[u["id"]]), np.int16)
+        tokens[u["id"]] = tok.encode(mels[u["id"]], u["speaker"]).astype(np.int16)
         if keep_wavs == "all" or (keep_wavs == "valid" and u["split"] == "valid"):
             rel = f"wavs/{u['id'].replace('/', '__')}.flac"
             audio.save_wav(out / rel, wavs[u["id"]], config.sample_rate)
             u["wav"] = rel
 
-    by_spk: dict[str, list[np.ndarray]] = {}  # every speaker keeps at least one training utterance
-    for u in utts:
-        if u["split"] == "train":
-            by_spk.setdefault(u["speaker"], []).append(mels[u["id"]])
+    by_spk = {}
+    for m, spk in zip(train_mels, train_speakers):
+        by_spk.setdefault(spk, []).append(m)
     meta = {
-        "speaker_embedding": {"recipe": "fmjax.data.prepare.speaker_embeddings", "projection_seed": PROJECTION_SEED},
+        "speaker_embedding": {"recipe": "fmjax.data.speaker_embedding.speaker_embeddings", "projection_seed": PROJECTION_SEED},
         "tokenizer": tok_info,
         "split": {"valid_per_speaker": valid_per_speaker, "seed": seed},
         "source": source or {},
@@ -253,7 +259,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="corpus directory to write")
     p.add_argument("--metadata", help="optional 'path|speaker|text' lines")
     p.add_argument("--tokenizer", help="tokenizer .npz to use (default: the shipped corpus's)")
-    p.add_argument("--fit-tokenizer", type=int, metavar="K", help="fit a new K-centroid tokenizer instead")
+    p.add_argument("--fit-tokenizer", type=int, metavar="K", help="fit a new K-centroid k-means tokenizer instead")
     p.add_argument("--kmeans-iters", type=int, default=50)
     p.add_argument("--valid-per-speaker", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,7 @@ import pytest
 from fmjax import audio
 from fmjax.data import corpus as corpus_lib
 from fmjax.data import prepare
-from fmjax.data.tokenizer import SpeechTokenizer
+from fmjax.data.tokenizer import SpeechTokenizer, speaker_statistics
 
 SECONDS = 0.6  # every usable file lasts 0.6 s (14400 samples at 24 kHz), so log_mel compiles once
 
@@ -62,8 +62,15 @@ def test_prepare_resamples_and_skips_bad_audio(wav_dir, tmp_path, caplog):
     want = np.asarray(audio.log_mel(wav))[: utts["b/2"].frames].astype(np.float16).astype(np.float32)
     err = np.abs(want - utts["b/2"].mel).max()
     assert err <= 0.02, err  # the 16-bit storage of the input wav and float16 rounding
+    # the shipped tokenizer's head, with this corpus's speakers' statistics (of their training frames)
     shipped = SpeechTokenizer.load(corpus_lib.corpus_paths(corpus_lib.DEFAULT_CORPUS)["tokenizer"])
-    np.testing.assert_array_equal(np.asarray(shipped.encode(utts["b/2"].mel)), utts["b/2"].tokens)
+    tok = corpus.tokenizer()
+    np.testing.assert_array_equal(tok.w1, shipped.w1)
+    assert tok.speakers == ("a", "b")
+    names, mean, std = speaker_statistics({"b": [u.mel for u in corpus.train if u.speaker == "b"]})
+    np.testing.assert_array_equal(tok.speaker_stats("b")[0], mean[0])
+    for u in utts.values():
+        np.testing.assert_array_equal(shipped.encode(u.mel, tok.speaker_stats(u.speaker)), u.tokens)
 
 
 def test_prepare_rejects_other_rates_without_resampling(wav_dir, tmp_path):
