@@ -20,6 +20,9 @@ key             what                                                            
 ``f0_rmse``     F0 RMSE in cents over frames voiced in both                                           lower
 ==============  =====================================================================================  ==========
 
+A corpus without ``tokenizer.npz`` gets no ``ter`` (logged once); a tokenizer whose speaker table lacks some of
+the corpus's speakers gets their statistics from the corpus's training frames (as ``fmjax.data.prepare`` does).
+
 The ground truth scores ``mel_l1 = mcd = ter = vuv_error = f0_rmse = 0`` by construction (its tokens were made
 from exactly the stored mel, by the same host-side float64 code); its ``spk_acc``, ``spk_cos`` and ``fd`` are the
 ceilings a perfect generator reaches on the same utterances.
@@ -27,9 +30,12 @@ ceilings a perfect generator reaches on the same utterances.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from fmjax.data.speaker_embedding import SpeakerEmbedder
+from fmjax.data.tokenizer import speaker_statistics
 from fmjax.metrics.baselines import LookupDecoder, speaker_means
 from fmjax.metrics.distances import mel_cepstral_distortion, mel_l1
 from fmjax.metrics.pitch import f0_agreement
@@ -40,6 +46,8 @@ __all__ = ["SpeechScorer", "METRICS", "BASELINES"]
 
 METRICS = ("mel_l1", "mcd", "ter", "spk_acc", "spk_cos", "fd", "vuv_error", "f0_rmse")
 BASELINES = ("speaker_mean", "lookup")
+
+log = logging.getLogger(__name__)
 
 
 class SpeechScorer:
@@ -54,7 +62,7 @@ class SpeechScorer:
         if not corpus.train:
             raise ValueError("corpus: expected a training split to build the baselines from, got none")
         self.corpus = corpus
-        self.tokenizer = corpus.tokenizer()
+        self.tokenizer = _tokenizer(corpus)
         n_spk = len(corpus.speakers)
         self.speaker_means = speaker_means(corpus.train, n_spk)  # [S, m]
         self.lookup = LookupDecoder.fit(corpus.train, n_spk, corpus.vocab_size)
@@ -86,8 +94,9 @@ class SpeechScorer:
         pred, tgt, mask = _padded(rows), _padded(truth), _padded([np.ones(len(r), np.float32) for r in rows])
         out = {"mel_l1": float(np.mean(np.asarray(mel_l1(pred, tgt, mask)))),
                "mcd": float(np.mean(np.asarray(mel_cepstral_distortion(pred, tgt, mask))))}
-        hyps = [self.tokenizer.encode(r, self.corpus.speakers[u.speaker_index]) for r, u in zip(rows, utterances)]
-        out["ter"] = token_error_rate(hyps, [u.tokens for u in utterances])
+        if self.tokenizer is not None:
+            hyps = [self.tokenizer.encode(r, self.corpus.speakers[u.speaker_index]) for r, u in zip(rows, utterances)]
+            out["ter"] = token_error_rate(hyps, [u.tokens for u in utterances])
         emb = np.stack([self.embedder.embed(r) for r in rows]).astype(np.float64)  # [k, 192]
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         cos = emb @ self._spk_unit.T  # [k, S]
@@ -139,6 +148,27 @@ class SpeechScorer:
                 raise ValueError(f"mel: row {i} ({u.id!r}) has non-finite values in its {n} valid frames")
             rows.append(row)
         return rows
+
+
+def _tokenizer(corpus):
+    """The corpus's tokenizer with every corpus speaker in its table, or None without a tokenizer file."""
+    if not corpus.tokenizer_path.is_file():
+        log.warning("corpus %s has no tokenizer.npz: the token error rate is not computed", corpus.root)
+        return None
+    tok = corpus.tokenizer()
+    missing = sorted(set(corpus.speakers) - set(tok.speakers))
+    if missing:
+        log.warning("tokenizer lacks the statistics of speakers %s: computed from the corpus's training frames",
+                    missing)
+        by_spk: dict = {}
+        for u in corpus.train:
+            by_spk.setdefault(u.speaker, []).append(u.mel)
+        names, mean, std = speaker_statistics(by_spk, tok.n_cepstra)
+        keep = [i for i, s in enumerate(tok.speakers) if s not in names]
+        tok = tok.with_speakers([tok.speakers[i] for i in keep] + list(names),
+                                np.concatenate([tok.speaker_mean[keep], mean]),
+                                np.concatenate([tok.speaker_std[keep], std]))
+    return tok
 
 
 def _padded(arrays) -> np.ndarray:
