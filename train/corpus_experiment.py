@@ -13,14 +13,21 @@ Its model is a Flax module with the flow interface that :func:`fmjax.token2mel.t
 * **generation metrics** (:meth:`CorpusExperiment.evaluate`): the first ``data.eval_sentences`` validation
   sentences (taken round-robin over the speakers) are generated from their tokens, their speaker's embedding and a
   prompt -- the shortest *training* utterance of the same speaker, its tokens and mel -- with the CosyVoice sampler
-  defaults (cosine grid, Euler, 10 steps, CFG 0.7, CosyVoice's fixed noise), in one jitted batch. Logged:
-  ``val_mel_l1`` and ``val_mcd`` (:mod:`fmjax.metrics`, means over the sentences) against the ground truth, the
-  same for the **speaker-mean baseline** (the mean log-mel frame of the speaker's training frames, repeated over
-  the utterance), and ``val_l1_ratio`` = model / baseline mel L1 (below 1 = better than the baseline);
+  defaults (cosine grid, Euler, 10 steps, CFG 0.7, CosyVoice's fixed noise), in one jitted batch, and scored by
+  :class:`fmjax.metrics.SpeechScorer`. Logged, for metric ``X`` in ``mel_l1``, ``mcd``, ``ter`` (token error rate
+  of the re-tokenised mel), ``spk_acc`` / ``spk_cos`` (speaker identification / cosine similarity), ``fd``
+  (Fréchet distance of frame statistics to the training set's: realism), ``vuv_error``, ``f0_rmse`` (cents):
+  ``val_X`` (the model), ``val_X_baseline`` (the **speaker-mean** mel: each speaker's mean training frame
+  repeated), ``val_X_lookup`` (the **lookup decoder**: each token -> the mean of the target speaker's training
+  frames with that token), and ``val_X_truth`` for the ceilings that are not 0 by construction (``spk_acc``,
+  ``spk_cos``, ``fd``); plus ``val_l1_ratio`` = model / speaker-mean mel L1 and ``val_l1_ratio_lookup`` = model /
+  lookup mel L1. The baselines and ceilings are computed once;
 * **samples** (:meth:`CorpusExperiment.write_samples`): ``samples/step_NNNNNN.png`` (ground truth vs generated
-  mel of validation sentence ``data.sample_sentence``), ``samples/step_NNNNNN.wav`` (the generated mel through
-  Griffin-Lim, 24 kHz) and, once, ``samples/reference_<id>.wav`` (the ground-truth mel through the same
-  Griffin-Lim, to tell vocoder artefacts from model errors).
+  mel of validation sentence ``data.sample_sentence``), ``samples/step_NNNNNN_stats.png`` (F0 of that sentence and
+  per-bin mel mean/std over the evaluation sentences: ground truth, generated, lookup),
+  ``samples/step_NNNNNN.wav`` (the generated mel through Griffin-Lim, 24 kHz) and, once,
+  ``samples/reference_<id>.wav`` (the ground-truth mel through the same Griffin-Lim, to tell vocoder artefacts
+  from model errors).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ import numpy as np
 
 from fmjax.data.batching import BucketedBatches, collate
 from fmjax.data.corpus import load_corpus
-from fmjax.metrics import mel_cepstral_distortion, mel_l1
+from fmjax.metrics import METRICS, SpeechScorer, mel_l1
+from fmjax.metrics import speaker_means as _speaker_means
 from fmjax.timesteps import time_grid
 from fmjax.token2mel import token2mel
 from train.experiment import Experiment
@@ -94,17 +102,8 @@ class CorpusData:
 
 def speaker_means(utterances, n_speakers: int) -> np.ndarray:
     """``[S, m]`` float32: the mean log-mel frame of each speaker over all of its utterances' frames (zeros for a
-    speaker without frames)."""
-    if not utterances:
-        raise ValueError("utterances: expected at least one utterance, got none")
-    m = utterances[0].mel.shape[1]
-    sums, counts = np.zeros((n_speakers, m), np.float64), np.zeros((n_speakers,), np.int64)
-    for u in utterances:
-        if not 0 <= u.speaker_index < n_speakers:
-            raise ValueError(f"utterances: {u.id!r} has speaker index {u.speaker_index}, expected [0, {n_speakers})")
-        sums[u.speaker_index] += u.mel.sum(axis=0)
-        counts[u.speaker_index] += u.mel.shape[0]
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    speaker without frames); :func:`fmjax.metrics.speaker_means`."""
+    return _speaker_means(utterances, n_speakers)
 
 
 def speaker_mean_baseline(means: np.ndarray, speaker: np.ndarray, frames: int) -> np.ndarray:
@@ -134,11 +133,8 @@ def eval_pairs(corpus, k: int) -> list[tuple]:
     return [(u, prompts[u.speaker_index]) for u in targets[:k]]
 
 
-@jax.jit
-def _scores(mel, truth, base, mask):
-    """Mean mel L1 and MCD over the sentences of the generated mels and of the baseline (one compilation)."""
-    return (jnp.mean(mel_l1(mel, truth, mask)), jnp.mean(mel_l1(base, truth, mask)),
-            jnp.mean(mel_cepstral_distortion(mel, truth, mask)), jnp.mean(mel_cepstral_distortion(base, truth, mask)))
+# the ceilings that are not 0 by construction (mel L1, MCD, TER, voicing and F0 errors of the truth are 0)
+TRUTH_KEYS = ("spk_acc", "spk_cos", "fd")
 
 
 def _padded(arrays, width: int, dtype) -> np.ndarray:
@@ -173,6 +169,7 @@ class CorpusExperiment(Experiment):
         self._train = BucketedBatches(self.corpus.train, tc.batch_size, dc.buckets, tc.seed)
         self._pairs = eval_pairs(self.corpus, dc.eval_sentences)
         self._means = speaker_means(self.corpus.train, len(self.corpus.speakers))
+        self._scorer = SpeechScorer(self.corpus)  # baselines, tokenizer, speaker and realism references
         self._generated = None  # (step, generated mels) shared by evaluate and write_samples
 
     def check_model_config(self, vocab_size: int, spk_embed_dim: int) -> None:
@@ -241,21 +238,30 @@ class CorpusExperiment(Experiment):
         return self.score(self._generated_at(params, step))
 
     def score(self, mel: np.ndarray) -> dict[str, float]:
-        """``val_mel_l1``, ``val_mcd``, their speaker-mean baselines and ``val_l1_ratio`` of generated evaluation
-        sentences ``mel [k, F, m]`` (as :meth:`generate` returns them) against the ground truth."""
+        """Every metric of generated evaluation sentences ``mel [k, F, m]`` (as :meth:`generate` returns them,
+        zero past each row's length) with the speaker-mean baseline, the lookup decoder and the ground-truth
+        ceilings (the keys are listed in the module docstring)."""
         targets = [t for t, _ in self._pairs]
-        truth = _padded([u.mel for u in targets], mel.shape[1], np.float32)  # [k, F, m]
-        mask = _padded([np.ones(u.mel.shape[0], np.float32) for u in targets], mel.shape[1], np.float32)  # [k, F]
-        base = speaker_mean_baseline(self._means, np.array([u.speaker_index for u in targets]), mel.shape[1])
-        l1, l1_base, mcd, mcd_base = (float(x) for x in _scores(mel, truth, base, mask))
-        return {"val_mel_l1": l1, "val_mel_l1_baseline": l1_base, "val_l1_ratio": l1 / l1_base, "val_mcd": mcd,
-                "val_mcd_baseline": mcd_base}
+        lengths = np.array([u.frames for u in targets], np.int32)
+        model = self._scorer.score(mel, lengths, targets)
+        ref = self._scorer.reference_scores(targets)
+        out = {}
+        for key in (k for k in METRICS if k in model):  # no "ter" for a corpus without a tokenizer
+            out[f"val_{key}"] = model[key]
+            out[f"val_{key}_baseline"] = ref["speaker_mean"][key]
+            out[f"val_{key}_lookup"] = ref["lookup"][key]
+        for key in TRUTH_KEYS:
+            out[f"val_{key}_truth"] = ref["ground_truth"][key]
+        out["val_l1_ratio"] = model["mel_l1"] / ref["speaker_mean"]["mel_l1"]
+        out["val_l1_ratio_lookup"] = model["mel_l1"] / ref["lookup"]["mel_l1"]
+        return out
 
     def write_samples(self, params, step, workdir):
         import matplotlib.pyplot as plt
 
         from fmjax.audio import save_wav
         from fmjax.griffin_lim import griffin_lim_vocoder
+        from fmjax.metrics import plot_speech_stats
         from fmjax.plotting import plot_mels
 
         mel = self._generated_at(params, step)
@@ -273,11 +279,18 @@ class CorpusExperiment(Experiment):
         png = out / f"step_{step:06d}.png"
         fig.savefig(png, dpi=100)
         plt.close(fig)
+        targets = [t for t, _ in self._pairs]
+        stats = plot_speech_stats(
+            out / f"step_{step:06d}_stats.png",
+            {"ground truth": [u.mel for u in targets], "generated": [mel[i, : u.frames] for i, u in enumerate(targets)],
+             "lookup": [self._scorer.lookup.decode(u.tokens, u.speaker_index) for u in targets]},
+            index=dc.sample_sentence, config=self.corpus.config,
+            title=f"{self.config.experiment} step {step}: {len(targets)} evaluation sentences")
         sr = self.corpus.config.sample_rate
         wav = out / f"step_{step:06d}.wav"
         save_wav(wav, np.asarray(griffin_lim_vocoder(jnp.asarray(generated[None]), self.corpus.config,
                                                      n_iter=dc.griffin_lim_iters))[0], sr)
-        paths = [png, wav]
+        paths = [png, stats, wav]
         reference = out / f"reference_{target.id.replace('/', '_')}.wav"
         if not reference.exists():
             save_wav(reference, np.asarray(griffin_lim_vocoder(jnp.asarray(target.mel[None]), self.corpus.config,
