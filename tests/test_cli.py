@@ -92,11 +92,12 @@ def test_cli_offline_hift_corpus_utterance_prompt_wav(files, capsys):
     corpus = load_corpus()
     out = files / "offline.wav"
     assert main(["token2wav", "--flow", str(files / "flow"), "--hift", str(files / "hift.npz"), "--utterance",
-                 "carib_m5/002", "--prompt-wav", str(corpus.valid[5].wav), "--speaker", corpus.speakers[1],
+                 "us_m5/015", "--prompt-wav", str(corpus.valid[5].wav), "--speaker", corpus.speakers[1],
                  "--offline", "--steps", "2", "--out", str(out), *WINDOW]) == 0
-    _check_wav(out, 49)
+    n = next(u for u in corpus.valid if u.id == "us_m5/015").tokens.size  # 54 on the shipped corpus
+    _check_wav(out, n)
     text = capsys.readouterr().out
-    assert "49 tokens, prompt" in text and "offline; HiFT" in text and "real-time factor" in text
+    assert f"{n} tokens, prompt" in text and "offline; HiFT" in text and "real-time factor" in text
 
 
 def test_cli_streaming_griffin_lim_trainer_workdir(files, capsys):
@@ -124,10 +125,10 @@ def test_cli_streaming_griffin_lim_trainer_workdir(files, capsys):
 
 def test_cli_default_output_is_under_a_run_folder(files, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert main(["token2wav", "--flow", str(files / "flow"), "--utterance", "carib_m5/002", "--offline", "--steps",
+    assert main(["token2wav", "--flow", str(files / "flow"), "--utterance", "us_m5/015", "--offline", "--steps",
                  "1", "--gl-iters", "1", "--single-pass", *WINDOW]) == 0
     (wav,) = tmp_path.glob("runs/token2wav/*/out.wav")
-    _check_wav(wav, 49)
+    _check_wav(wav, next(u for u in load_corpus().valid if u.id == "us_m5/015").tokens.size)
     text = capsys.readouterr().out
     assert f"wrote {wav.relative_to(tmp_path)}" in text and "second pass" not in text
 
@@ -149,26 +150,26 @@ def test_chunk_table_explains_buffering():
     (["--tokens", "missing.txt"], r"--tokens: no such file"),
     (["--tokens", "{bad}"], r"--tokens: expected integer ids"),
     (["--utterance", "nobody/000"], r"--utterance: no utterance 'nobody/000' in the corpus"),
-    (["--utterance", "carib_m5/002", "--speaker", "nobody"], r"--speaker: unknown speaker 'nobody'"),
-    (["--utterance", "carib_m5/002", "--speaker-embedding", "{spk12}"],
+    (["--utterance", "us_m5/015", "--speaker", "nobody"], r"--speaker: unknown speaker 'nobody'"),
+    (["--utterance", "us_m5/015", "--speaker-embedding", "{spk12}"],
      r"--speaker-embedding: expected shape \[192\] \(the flow's spk_embed_dim\), got \(12,\)"),
-    (["--utterance", "carib_m5/002", "--prompt-utterance", "us_f2/000", "--prompt-wav", "x.wav"],
+    (["--utterance", "us_m5/015", "--prompt-utterance", "us_f2/000", "--prompt-wav", "x.wav"],
      r"--prompt-utterance / --prompt-wav: give one prompt"),
     (["--tokens", "{ids300}", "--prompt-utterance", "us_f2/000", "--offline"],  # speaker: the prompt's
      r"tokens: 1 id\(s\) outside the vocabulary \[0, 256\)"),
-    (["--utterance", "carib_m5/002", "--chunk", "0"], r"argument --chunk: expected an int >= 1, got 0"),
-    (["--utterance", "carib_m5/002", "--flow", "{root}"], r"--flow: .* is neither an fmjax flow checkpoint"),
-    (["--utterance", "carib_m5/002", "--cfg", "nan"], r"argument --cfg: expected a finite number >= 0, got 'nan'"),
-    (["--utterance", "carib_m5/002", "--cfg", "-1"], r"argument --cfg: expected a finite number >= 0, got '-1'"),
-    (["--utterance", "carib_m5/002", "--steps", "two"], r"argument --steps: expected an int >= 1, got 'two'"),
-    (["--utterance", "carib_m5/002", "--solver", "rk5"], r"argument --solver: invalid choice: 'rk5'"),
-    (["--utterance", "carib_m5/002", "--out", "{root}"], r"--out: expected a .wav file path, .* is a directory"),
-    (["--utterance", "carib_m5/002", "--out", "{root}/x.txt"], r"--out: expected a .wav \(or .flac\) file path"),
-    (["--utterance", "carib_m5/002", "--out", "{bad}/x.wav"], r"--out: cannot write"),  # a file as the parent
+    (["--utterance", "us_m5/015", "--chunk", "0"], r"argument --chunk: expected an int >= 1, got 0"),
+    (["--utterance", "us_m5/015", "--flow", "{root}"], r"--flow: .* is neither an fmjax flow checkpoint"),
+    (["--utterance", "us_m5/015", "--cfg", "nan"], r"argument --cfg: expected a finite number >= 0, got 'nan'"),
+    (["--utterance", "us_m5/015", "--cfg", "-1"], r"argument --cfg: expected a finite number >= 0, got '-1'"),
+    (["--utterance", "us_m5/015", "--steps", "two"], r"argument --steps: expected an int >= 1, got 'two'"),
+    (["--utterance", "us_m5/015", "--solver", "rk5"], r"argument --solver: invalid choice: 'rk5'"),
+    (["--utterance", "us_m5/015", "--out", "{root}"], r"--out: expected a .wav file path, .* is a directory"),
+    (["--utterance", "us_m5/015", "--out", "{root}/x.txt"], r"--out: expected a .wav \(or .flac\) file path"),
+    (["--utterance", "us_m5/015", "--out", "{bad}/x.wav"], r"--out: cannot write"),  # a file as the parent
     (["--tokens", "{npz}"], r"--tokens: .* is not a readable .npy of integer ids"),
-    (["--utterance", "carib_m5/002", "--speaker-embedding", "{spknan}"],
+    (["--utterance", "us_m5/015", "--speaker-embedding", "{spknan}"],
      r"--speaker-embedding: expected finite values, got 1 NaN/inf"),
-    (["--utterance", "carib_m5/002", "--flow", "{emptyflow}"], r"--flow: .*config.json.* is not readable JSON"),
+    (["--utterance", "us_m5/015", "--flow", "{emptyflow}"], r"--flow: .*config.json.* is not readable JSON"),
 ])
 def test_cli_bad_arguments(files, capsys, args, message):
     (files / "bad.txt").write_text("1 2 x 4")
