@@ -33,6 +33,7 @@ TRAIN_ROWS = [
     ("unknown-key", ["--set", "train.stepz=3"], r"--set train\.stepz: unknown key"),
     ("not-key-value", ["--set", "train.steps"], r"--set: expected key=value"),
     ("nan-int", ["--set", "train.steps=nan"], r"--set train\.steps: expected int, got 'nan'"),
+    ("inf-float", ["--set", "optim.lr=1e999"], r"--set optim\.lr: expected a finite float, got '1e999'"),
     ("float-for-int", ["--set", "train.batch_size=2.5"], r"--set train\.batch_size: expected int"),
     ("negative", ["--set", "train.steps=-3"], r"train\.steps: expected an int >= 1, got -3"),
     ("bad-lr", ["--set", "optim.lr=0"], r"optim\.lr: expected a positive learning rate"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -186,6 +187,8 @@ def _parse(key: str, text: str, tp):
             raise err from None
         if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int):
             raise err
+        if tp is float and not math.isfinite(value):  # e.g. 1e999
+            raise ValueError(f"--set {key}: expected a finite float, got {text!r}")
         return tp(value)
     if origin is tuple:
         try:
