@@ -215,7 +215,7 @@ def run(exp: Experiment, workdir, *, progress: bool = True, reset: bool = False,
         state, source = create_state(exp.init_params, optimizer, k_init, shardings), "scratch"
     start = step = int(jax.device_get(state.step))
     done_path = workdir / "done.json"
-    if step >= tc.steps and done_path.exists() and json.loads(done_path.read_text()).get("step") == step:
+    if step >= tc.steps and _done_step(done_path) == step:
         log.info("the run is complete (step %d of %d); nothing to do", step, tc.steps)
         return RunResult(state, step, position, start, source, 0, [], 0, [])
     log.info("starting at step %d (from %s) in %s", step, source, workdir)
@@ -319,6 +319,14 @@ def _resume_point(exp: Experiment, workdir: pathlib.Path, target, cfg_dict: dict
         changes = check_resume(workdir, saved, cfg_dict, step=None, safe=safe)
         log.warning("%s holds no usable checkpoint; starting this run (same config) from step 0", workdir)
     return restored, changes
+
+
+def _done_step(path: pathlib.Path) -> int | None:
+    """The step recorded in ``done.json`` (None if absent or unreadable: the final evaluation is then redone)."""
+    try:
+        return int(json.loads(path.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _compiles(jitted, guard: _BatchGuard) -> int:
