@@ -31,7 +31,6 @@ import functools
 import os
 import pathlib
 
-import jax
 import numpy as np
 
 from fmjax.data.kmeans import fit_kmeans, kmeans_plus_plus, lloyd

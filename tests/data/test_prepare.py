@@ -67,7 +67,7 @@ def test_prepare_resamples_and_skips_bad_audio(wav_dir, tmp_path, caplog):
     tok = corpus.tokenizer()
     np.testing.assert_array_equal(tok.w1, shipped.w1)
     assert tok.speakers == ("a", "b")
-    names, mean, std = speaker_statistics({"b": [u.mel for u in corpus.train if u.speaker == "b"]})
+    _, mean, _ = speaker_statistics({"b": [u.mel for u in corpus.train if u.speaker == "b"]})
     np.testing.assert_array_equal(tok.speaker_stats("b")[0], mean[0])
     for u in utts.values():
         np.testing.assert_array_equal(shipped.encode(u.mel, tok.speaker_stats(u.speaker)), u.tokens)
