@@ -2,7 +2,17 @@
 AdamW + EMA) of the **full-size** flow (112.5 M parameters, vocabulary 6561) on random tokens at batch 4 x 500 mel
 frames, and of the ``token2mel`` experiment's presets on corpus batches; compile time and peak memory.
 
-    python benchmarks/bench_train_flow.py [--quick] [--cases full tiny default]
+    python benchmarks/bench_train_flow.py [--quick] [--cases full tiny tiny_full tiny_chunked tiny_batch default]
+        [--baseline /path/to/an/older/fmjax/checkout] [--rounds 2]
+
+Cases: ``full`` (below), the ``token2mel`` presets ``tiny`` / ``default`` (unified training: chunk masks or full
+context drawn per row), and the tiny preset with every row full-context (``tiny_full``), every row chunk-masked
+(``tiny_chunked``) or the mode drawn per batch (``tiny_batch``, CosyVoice2's draw). Chunk masks are data, so the
+unified step should cost what a single-mode step costs (issue 11: <= 1.1x the faster one, ratio in one run).
+With ``--baseline`` the same cases also run on another checkout of fmjax (e.g. the commit before the estimator
+contract landed), alternating with this one in ``--rounds`` rounds, and the table gains their times and the
+ratios. (On such an older checkout ``tiny`` is its ``unified="rows"`` preset and ``tiny_batch`` its per-batch
+``lax.cond``.)
 
 Each case runs in its own subprocess, so that ``peak_rss_mb`` (the process's maximum resident set size) belongs to
 that case alone. ``frames/s`` counts the mel frames of a batch including padding (the work done); ``valid
@@ -14,17 +24,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = pathlib.Path(os.environ.get("FMJAX_BENCH_CODE", HERE.parent)).resolve()  # the fmjax checkout under test
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-CASES = ("full", "tiny", "default")
+CASES = ("full", "tiny", "tiny_full", "tiny_chunked", "tiny_batch", "default")
+
+
+def _overrides(case: str, model_cfg) -> list[str]:
+    """``--set`` overrides of a tiny case, for this checkout's config schema (old: ``unified``; new: per row)."""
+    old = hasattr(model_cfg, "unified")
+    return {"tiny_full": ["model.chunk_prob=0.0"], "tiny_chunked": ["model.chunk_prob=1.0"],
+            "tiny_batch": ["model.unified=batch"] if old else ["model.chunk_per_row=false"]}.get(case, [])
 FULL_BATCH, FULL_FRAMES = 4, 500
 
 
@@ -52,6 +71,7 @@ def measure(case: str, steps: int, repeats: int) -> dict:
 
     from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, init_flow_params
     from fmjax.token2mel import COSYVOICE2_LOSS, flow_loss
+    from train.config import apply_overrides
     from train.configs import token2mel
     from train.optim import make_optimizer, make_schedule
     from train.sharding import make_mesh, shard_batch, state_shardings
@@ -65,8 +85,14 @@ def measure(case: str, steps: int, repeats: int) -> dict:
         loss_fn = lambda p, batch, key: flow_loss(model, p, batch, key, loss=COSYVOICE2_LOSS)  # noqa: E731
         host = _random_batches(model.config, 2)
     else:
-        cfg = token2mel.get_config(case)
-        exp = token2mel.build(cfg)
+        base = token2mel.get_config("tiny" if case.startswith("tiny") else case)
+        cfg = apply_overrides(base, _overrides(case, base.model))
+        if hasattr(token2mel, "build"):  # an older checkout: configs held their experiment
+            exp = token2mel.build(cfg)
+        else:
+            from train.experiments import build
+
+            exp = build(cfg)
         init_params, loss_fn = exp.init_params, exp.loss_fn
         stream = exp.train_batches(cfg.train.seed, 0)
         host = [next(stream)[0] for _ in range(8)]
@@ -95,10 +121,23 @@ def measure(case: str, steps: int, repeats: int) -> dict:
     }
 
 
+def _run(case: str, quick: bool, code: pathlib.Path) -> dict:
+    cmd = [sys.executable, __file__, "--one", case] + (["--quick"] if quick else [])
+    env = dict(os.environ, FMJAX_BENCH_CODE=str(code), PYTHONPATH=str(code))
+    proc = subprocess.run(cmd, cwd=code, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"case {case} ({code}) failed:\n{proc.stderr[-3000:]}")
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["load_1m"] = os.getloadavg()[0]
+    return row
+
+
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    ap = argparse.ArgumentParser(description="Train-step throughput of CosyVoice2's flow (see the module docstring).")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="cases to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="2 repeats of 2 steps")
+    ap.add_argument("--baseline", help="another fmjax checkout to time alongside (its commit's code, same cases)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds with --baseline (default 1)")
     ap.add_argument("--one", choices=CASES, help=argparse.SUPPRESS)  # internal: run one case, print its JSON row
     args = ap.parse_args()
     steps, repeats = (2, 2) if args.quick else (5, 3)
@@ -107,17 +146,32 @@ def main():
         return
     from common import print_table, write_json
 
+    import statistics
+
     rows = []
     for case in args.cases:
-        cmd = [sys.executable, __file__, "--one", case] + (["--quick"] if args.quick else [])
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    cols = ["case", "params", "batch", "step_s", "frames/s", "valid frames/s", "compile_s", "init_s", "peak_rss_mb"]
-    print_table(rows, cols, title="CosyVoice2 flow train step: unified CFM loss fwd + bwd + clip + AdamW + EMA, fp32, "
-                                  "1 CPU device (median over windows)")
-    write_json("bench_train_flow", {"rows": rows, "full_batch": [FULL_BATCH, FULL_FRAMES]})
+        new, old = [], []
+        for _ in range(max(1, args.rounds)):
+            new.append(_run(case, args.quick, ROOT))
+            if args.baseline:
+                old.append(_run(case, args.quick, pathlib.Path(args.baseline).resolve()))
+        row = dict(new[-1], step_s=statistics.median(r["step_s"] for r in new))
+        row["frames/s"] = new[-1]["frames/s"] * new[-1]["step_s"] / row["step_s"]
+        if old:
+            row["baseline_step_s"] = statistics.median(r["step_s"] for r in old)
+            row["speed-up"] = row["baseline_step_s"] / row["step_s"]
+        rows.append(row)
+    by_case = {r["case"]: r for r in rows}
+    if {"tiny", "tiny_full", "tiny_chunked"} <= set(by_case):
+        single = min(by_case["tiny_full"]["step_s"], by_case["tiny_chunked"]["step_s"])
+        by_case["tiny"]["unified / faster single mode"] = by_case["tiny"]["step_s"] / single
+    cols = ["case", "params", "batch", "step_s", "baseline_step_s", "speed-up", "unified / faster single mode",
+            "frames/s", "valid frames/s", "compile_s", "peak_rss_mb", "load_1m"]
+    print_table(rows, [c for c in cols if any(c in r for r in rows)],
+                title="CosyVoice2 flow train step: unified CFM loss fwd + bwd + clip + AdamW + EMA, fp32, "
+                      "1 CPU device (median over windows and rounds)")
+    write_json("bench_train_flow", {"rows": rows, "full_batch": [FULL_BATCH, FULL_FRAMES],
+                                    "baseline": args.baseline})
 
 
 if __name__ == "__main__":

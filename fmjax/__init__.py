@@ -48,7 +48,8 @@ from fmjax.timesteps import (
 __version__ = "0.1.0"
 
 _SUBMODULES = frozenset({
-    "ablate", "audio", "cli", "convert", "data", "griffin_lim", "metrics", "models", "nn", "plotting", "reflow",
+    "ablate", "audio", "checkpoint", "cli", "convert", "data", "griffin_lim", "metrics", "models", "nn", "pipelines",
+    "plotting", "reflow",
     "signal", "streaming", "token2mel", "token2mel_stream", "token2wav", "toy", "typing", "vocoder_stream",
 })
 

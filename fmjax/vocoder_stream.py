@@ -126,7 +126,6 @@ def window_update(cache, window, wav, active, *, first: bool, final: bool, **fie
 
 @functools.partial(jax.jit, static_argnames=("config", "first", "final"))
 def _window(config, params, cache, chunk, source_chunk, active, first, final):
-    n, samples = cache.mel.shape[1], cache.source.shape[1]
     b, c, _ = chunk.shape
     window = chunk if first else jnp.concatenate([cache.mel, chunk], axis=1)  # [b, t, m]
     t = window.shape[1]

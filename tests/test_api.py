@@ -14,7 +14,8 @@ def test_all_names_resolve():
 
 
 def test_submodules_load_on_access():
-    assert fmjax.token2wav.Token2Wav.__module__ == "fmjax.token2wav"
+    assert fmjax.token2wav.Token2Wav.__module__ == "fmjax.pipelines.token2wav"  # the historical name re-exports it
+    assert fmjax.pipelines.token2wav.Token2Wav is fmjax.token2wav.Token2Wav
     assert "token2wav" in dir(fmjax)
     with pytest.raises(AttributeError, match="no attribute 'not_a_module'"):
         fmjax.not_a_module  # noqa: B018

@@ -142,7 +142,6 @@ def test_stream_rows_at_different_positions_equal_each_alone():
     the batched step compiles once."""
     model, params = tiny_flow(chunk=2)
     c, b = 2, 8
-    rng = np.random.default_rng(11)
     plens = np.array([0, 1, 2, 3, 4, 5, 3, 1])
     lengths = np.array([9, 4, 7, 2, 11, 6, 8, 5])
     delays = np.array([0, 2, 1, 0, 3, 1, 0, 2])

@@ -67,13 +67,14 @@ from fmjax.ablate import (add_spec_arguments, plot_quality_vs_nfe, positive_int,
 from fmjax.timesteps import TSampler, Uniform
 from train.config import apply_overrides
 from train.configs import token2mel
+from train.experiments.token2mel import Token2Mel
 from train.loop import T_BINS, run
 from train.step import make_eval_step
 
 __all__ = ["CorpusDomain", "Trained", "main"]
 
 
-class _Token2MelT(token2mel.Token2Mel):
+class _Token2MelT(Token2Mel):
     """token2mel with a given training t-sampler. The trainer's own validation, evaluation and samples are off:
     the domain validates (uniform t for every model) and evaluates (every cell) itself."""
 

@@ -43,7 +43,7 @@ from fmjax.data.batching import BucketedBatches, collate
 from fmjax.data.corpus import load_corpus
 from fmjax.metrics import METRICS, SpeechScorer, mel_l1
 from fmjax.metrics import speaker_means as _speaker_means
-from fmjax.timesteps import time_grid
+from fmjax.samplers import SamplerConfig
 from fmjax.token2mel import token2mel
 from train.experiment import Experiment
 
@@ -62,7 +62,8 @@ class CorpusData:
         compilation each. Utterances longer than the last are dropped (logged); the shipped corpus's longest
         has 87 tokens.
       eval_sentences: validation sentences generated for ``val_mel_l1``/``val_mcd`` (round-robin over speakers).
-      ode_steps, grid, solver, cfg_weight: the sampler (CosyVoice's defaults: 10, cosine, Euler, 0.7).
+      sampler: the evaluation sampler (:class:`fmjax.samplers.SamplerConfig`; CosyVoice's defaults: cosine grid, 10
+        Euler steps, CFG 0.7).
       sample_sentence: which of the generated sentences goes into the sample PNG and wav.
       griffin_lim_iters: Griffin-Lim iterations for the sample wavs.
     """
@@ -70,10 +71,7 @@ class CorpusData:
     corpus: str = ""
     buckets: tuple[int, ...] = (48, 64, 88)
     eval_sentences: int = 8
-    ode_steps: int = 10
-    grid: str = "cosine"
-    solver: str = "euler"
-    cfg_weight: float = 0.7
+    sampler: SamplerConfig = SamplerConfig()
     sample_sentence: int = 0
     griffin_lim_iters: int = 32
 
@@ -81,20 +79,15 @@ class CorpusData:
         buckets = tuple(self.buckets)
         if not buckets or any(not isinstance(b, int) or b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
             raise ValueError(f"data.buckets: expected strictly increasing positive token lengths, got {self.buckets!r}")
-        for name in ("eval_sentences", "ode_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name}: expected an int >= 1, got {getattr(self, name)!r}")
+        if self.eval_sentences < 1:
+            raise ValueError(f"data.eval_sentences: expected an int >= 1, got {self.eval_sentences!r}")
         if not 0 <= self.sample_sentence < self.eval_sentences:
             raise ValueError(f"data.sample_sentence: expected an index in [0, data.eval_sentences = "
                              f"{self.eval_sentences}), got {self.sample_sentence!r}")
         if self.griffin_lim_iters < 0:
             raise ValueError(f"data.griffin_lim_iters: expected an int >= 0, got {self.griffin_lim_iters!r}")
-        if self.cfg_weight < 0:
-            raise ValueError(f"data.cfg_weight: expected a guidance weight >= 0, got {self.cfg_weight!r}")
-        try:
-            time_grid(self.grid, self.ode_steps)
-        except ValueError as e:
-            raise ValueError(f"data.grid: {e}") from None
+        if not isinstance(self.sampler, SamplerConfig):
+            raise TypeError(f"data.sampler: expected a fmjax.samplers.SamplerConfig, got {type(self.sampler).__name__}")
 
 
 # ------------------------------------------------------------------------------------------------ baselines
@@ -225,7 +218,8 @@ class CorpusExperiment(Experiment):
         row's length). ``sampler`` overrides :func:`~fmjax.token2mel.token2mel`'s ``grid``, ``n_steps``,
         ``solver``, ``cfg_weight`` (default: ``data``'s) or passes ``key``/``noise``."""
         dc = self.config.data
-        settings = dict(grid=dc.grid, n_steps=dc.ode_steps, solver=dc.solver, cfg_weight=dc.cfg_weight) | sampler
+        s = dc.sampler
+        settings = dict(grid=s.grid, n_steps=s.n_steps, solver=s.solver, cfg_weight=s.cfg_weight) | sampler
         out = token2mel(self.model, params, **self.generation_inputs(), **settings)
         return np.asarray(jax.device_get(out.mel)), np.asarray(jax.device_get(out.lengths))
 

@@ -1,10 +1,12 @@
 """The experiment interface: what an experiment provides; the trainer owns everything else.
 
-An experiment is a Python file (``train/configs/<name>.py``) exposing::
+An experiment's config is a Python file (``train/configs/<name>.py``) exposing::
 
     PRESETS: tuple[str, ...]                   # always includes "tiny"
     get_config(preset: str) -> train.config.Config
-    build(config) -> Experiment
+
+and the experiment it names (``config.experiment``) is built by :func:`train.experiments.build`. A config file
+outside ``train/`` may bring its own experiment by defining ``build(config) -> Experiment``.
 
 The :class:`Experiment` supplies the model's parameters, its loss, and its data; the trainer supplies the
 optimizer, EMA, mixed precision, sharding, checkpoints, metrics and the validation loss per flow-time bin.
@@ -93,9 +95,13 @@ def load_experiment(config: str | pathlib.Path | types.ModuleType) -> types.Modu
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module  # dataclass type hints resolve through sys.modules
             spec.loader.exec_module(module)
-    missing = [a for a in ("PRESETS", "get_config", "build") if not hasattr(module, a)]
+    missing = [a for a in ("PRESETS", "get_config") if not hasattr(module, a)]
     if missing:
-        raise ValueError(f"--config: {module.__name__} is not an experiment module, it lacks {missing}")
+        raise ValueError(f"--config: {module.__name__} is not an experiment config, it lacks {missing}")
+    if not hasattr(module, "build"):  # configs are data; the experiment they name lives in train.experiments
+        from train.experiments import build
+
+        module.build = build
     if "tiny" not in module.PRESETS:
         raise ValueError(f"--config: {module.__name__}.PRESETS must include 'tiny', got {module.PRESETS}")
     return module

@@ -39,7 +39,7 @@ import numpy as np
 
 from fmjax.nn.attention import KVCache, init_kv_cache
 from fmjax.nn.conformer import ConformerLayer
-from fmjax.nn.conv import CausalConv1d, Conv1d, ConvCache
+from fmjax.nn.conv import CausalConv1d, ConvCache
 from fmjax.nn.masks import ChunkSpec, attention_mask
 from fmjax.nn.tokens import (  # noqa: F401  (TokenEmbedding, PreLookahead, check_token_ids: also re-exported here)
     LEAKY_SLOPE,
@@ -51,7 +51,7 @@ from fmjax.nn.tokens import (  # noqa: F401  (TokenEmbedding, PreLookahead, chec
 )
 from fmjax.nn.transformer import layer_norm
 from fmjax.streaming import check_cache_shapes, keep_idle_rows
-from fmjax.typing import Array, Bool, Float, Int
+from fmjax.typing import Array, Float, Int
 
 
 

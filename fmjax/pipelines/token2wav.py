@@ -36,7 +36,6 @@ tokens per row between calls (plus what a call brings) and fewer than ``V`` buff
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -46,7 +45,7 @@ import numpy as np
 from fmjax.pipelines.common import check_finite, check_ids, check_lengths, noise_table
 from fmjax.pipelines.stream import StreamState, Token2MelStream
 from fmjax.pipelines.token2mel import token2mel
-from fmjax.pipelines.vocoders import GriffinLimVocoder, HiFTVocoder
+from fmjax.pipelines.vocoders import GriffinLimVocoder, HiFTVocoder, WindowRun
 from fmjax.noise import MAX_FRAMES
 from fmjax.typing import Key
 
@@ -223,7 +222,7 @@ class Token2Wav:
         cfg = self.stream.model.config
         c, la, b = cfg.chunk_size, cfg.pre_lookahead_len, len(state.pending)
         flow, pending = state.flow, list(state.pending)
-        run = _Run(self, params.vocoder, state)
+        run = WindowRun(self, params.vocoder, state)
 
         def call(feed, ahead, last):
             nonlocal flow
@@ -276,7 +275,7 @@ class Token2Wav:
         state = Token2WavState(None, self.vocoder.init_cache(b, vocoder_key, ids), jnp.array(mel, jnp.float32, copy=True),
                                n.copy(), np.zeros((b,), bool), (), np.zeros(b, np.int64), np.zeros(b, np.int64),
                                np.zeros(b, np.int64), ids, False)
-        run = _Run(self, params.vocoder, state, whole=True)
+        run = WindowRun(self, params.vocoder, state, whole=True)
         run.finish()
         return run.outputs()[0]
 
@@ -303,95 +302,6 @@ class Token2Wav:
         wav = self.vocode(params, out.mel, lengths=np.asarray(out.lengths), vocoder_key=vocoder_key,
                           stream_ids=stream_ids)
         return wav, out
-
-
-# ---------------------------------------------------------------------------------------------- windowing
-class _Run:
-    """One call's vocoding: new flow frames go into the device buffer; windows are vocoded for all rows at once
-    per window kind (idle rows masked out); audio pieces are collected per row on the host."""
-
-    def __init__(self, t2w: Token2Wav, vocoder_params, state: Token2WavState, whole: bool = False):
-        self.t2w, self.params, self.state, self.whole = t2w, vocoder_params, state, whole
-        b = len(state.buffered)
-        self.wav = [[] for _ in range(b)]
-        self.mel = [[] for _ in range(b)]
-
-    def take(self, mel, lengths: np.ndarray):
-        """Appends a flow step's frames ``mel [b, F, m]`` (``lengths [b]`` valid) and vocodes every full window."""
-        st = self.state
-        buf = _append(st.mel, jnp.asarray(st.buffered, jnp.int32), mel, jnp.asarray(lengths, jnp.int32))
-        for i, k in enumerate(lengths):
-            if k:
-                self.mel[i].append(mel[i, : int(k)])
-        self.state = st._replace(mel=buf, buffered=st.buffered + lengths)
-        self._drain()
-
-    def _drain(self):
-        v = self.t2w.window_frames
-        while (self.state.buffered >= v).any():
-            ready, started = self.state.buffered >= v, self.state.started.copy()  # groups fixed before any window
-            for first in (True, False):
-                rows = ready & (started != first)
-                if rows.any():
-                    self._window(rows, v, first=first, final=False)
-
-    def finish(self):
-        """The last window of every row (its remaining ``T mod V`` frames) and the withheld samples."""
-        self._drain()
-        st = self.state
-        tails, started = st.buffered.copy(), st.started.copy()
-        for t in sorted(set(tails[tails > 0].tolist())):
-            for first in (True, False):
-                rows = (tails == t) & (started != first)
-                if rows.any():
-                    self._window(rows, int(t), first=first, final=True)
-        st = self.state
-        rest = (tails == 0) & started  # started rows without a last window: emit what they withheld
-        if rest.any():
-            speech, cache = self.t2w.vocoder.flush(st.vocoder, jnp.asarray(rest))
-            speech = np.asarray(speech)
-            for i in np.flatnonzero(rest):
-                self.wav[i].append(speech[i])
-            self.state = st._replace(vocoder=cache)
-
-    def _window(self, rows: np.ndarray, t: int, *, first: bool, final: bool):
-        st = self.state
-        if first and not final and t < self.t2w.vocoder.mel_cache_len:
-            raise ValueError(f"vocoder_frames: a first window needs >= {self.t2w.vocoder.mel_cache_len} frames")
-        wav, cache = self.t2w.vocoder.window(self.params, st.vocoder, st.mel[:, :t], jnp.asarray(rows), first=first,
-                                             final=final)
-        wav = np.asarray(wav)  # the audio: the only thing that comes to the host
-        bad = rows & ~np.isfinite(wav).all(axis=1)
-        if bad.any():
-            raise ValueError(f"mel: rows {np.flatnonzero(bad).tolist()} produced NaN/inf audio (the flow's frames are "
-                             "not finite)")
-        for i in np.flatnonzero(rows):
-            self.wav[i].append(wav[i])
-        self.state = st._replace(vocoder=cache, mel=_shift(st.mel, jnp.asarray(rows), t),
-                                 buffered=np.where(rows, st.buffered - t, st.buffered),
-                                 started=st.started | rows)
-
-    def outputs(self):
-        m = self.t2w.vocoder.n_mels
-        wav = tuple(np.concatenate([np.zeros((0,), np.float32), *w]).astype(np.float32) for w in self.wav)
-        mel = tuple(jnp.concatenate(ms, axis=0) if ms else jnp.zeros((0, m), jnp.float32) for ms in self.mel)
-        return wav, mel
-
-
-@functools.partial(jax.jit, donate_argnums=0)
-def _append(buf, start, mel, n):
-    """``buf[i, start[i] : start[i] + n[i]] = mel[i, :n[i]]`` for every row (frames past ``n`` dropped)."""
-    f = mel.shape[1]
-    index = start[:, None] + jnp.arange(f)[None, :]  # [b, F]
-    index = jnp.where(jnp.arange(f)[None, :] < n[:, None], index, buf.shape[1])
-    return buf.at[jnp.arange(buf.shape[0])[:, None], index].set(mel, mode="drop")
-
-
-@functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
-def _shift(buf, rows, t):
-    """Drops the first ``t`` frames of the ``rows`` (bool ``[b]``) of the buffer."""
-    shifted = jnp.pad(buf[:, t:], ((0, 0), (0, t), (0, 0)))
-    return jnp.where(rows[:, None, None], shifted, buf)
 
 
 # ------------------------------------------------------------------------------------------------- checks

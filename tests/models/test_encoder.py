@@ -15,6 +15,8 @@ import pytest
 
 from fmjax.convert.encoder import convert_encoder
 from fmjax.models.encoder import EncoderConfig, TokenEmbedding, UpsampleConformerEncoder
+from fmjax.nn.masks import ChunkSpec
+from fmjax.nn.tokens import frame_mask
 from tests.conftest import FIXTURES, load_fixture
 
 TINY = EncoderConfig(
@@ -41,8 +43,13 @@ def tiny_encoder(seed: int = 0, **overrides):
 
 
 def run(model, params, x, *, chunk_masked=False, **arrays):
-    """Jitted offline call; ``arrays`` (mask, context, context_lengths) are traced arguments."""
-    return jax.jit(lambda p, x, a: model.apply(p, x, chunk_masked=chunk_masked, **a))(params, x, arrays)
+    """Jitted offline call; ``arrays`` (mask, context, context_lengths) are traced arguments; chunk masks as data
+    (``ChunkSpec`` of the config's chunks). Returns ``(h, frame mask)``."""
+    cfg = model.config
+    chunk = ChunkSpec.chunked(x.shape[0], cfg.static_chunk_size, cfg.num_left_chunks) if chunk_masked else None
+    h, cache = jax.jit(lambda p, x, a, c: model.apply(p, x, chunk=c, **a))(params, x, arrays, chunk)
+    assert cache is None
+    return h, frame_mask(arrays.get("mask"), x.shape[0], x.shape[1], cfg.upsample_stride)
 
 
 def _x(seed, b, t, d=TINY.input_size):
@@ -57,7 +64,9 @@ def test_encoder_matches_torch_fixture(jit):
     emb = TokenEmbedding(conv.vocab_size, conv.config.input_size).apply(conv.token_params, tokens)
     model = UpsampleConformerEncoder(conv.config)
     fn = jax.jit(model.apply) if jit else model.apply
-    h, mask = fn(conv.params, emb)
+    h, cache = fn(conv.params, emb)
+    assert cache is None
+    mask = frame_mask(None, *emb.shape[:2], 2)
     ref = f["aux/encoder_out"]  # (1, 54, 64), time-major already
     assert h.shape == ref.shape == (1, 54, 64)
     err = float(np.abs(np.asarray(h) - ref).max())

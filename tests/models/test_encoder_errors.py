@@ -62,10 +62,10 @@ def test_encoder_stream_batch_mismatch(tiny):
 def test_encoder_stream_cache_of_another_config(tiny):
     model, params = tiny
     deeper = UpsampleConformerEncoder(dataclasses.replace(TINY, num_blocks=3))
-    with pytest.raises(ValueError, match=r"cache: structure does not match this config"):
+    with pytest.raises(ValueError, match=r"cache: its structure does not match init_cache"):
         model.apply(params, _zeros(1, 5, 16), cache=deeper.init_cache(1, 10))
     wider = UpsampleConformerEncoder(dataclasses.replace(TINY, lookahead_channels=8))
-    with pytest.raises(ValueError, match=r"cache\.lookahead\.history: expected shape \(1, 2, 24\), got \(1, 2, 8\)"):
+    with pytest.raises(ValueError, match=r"cache\.lookahead\.history: expected float32\[1, 2, 24\] \(batch 1, window 10\), got float32\[1, 2, 8\]"):
         model.apply(params, _zeros(1, 5, 16), cache=wider.init_cache(1, 10))
     with pytest.raises(TypeError, match=r"cache: expected an EncoderCache"):
         model.apply(params, _zeros(1, 5, 16), cache=tuple(model.init_cache(1, 10)))

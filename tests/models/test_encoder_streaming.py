@@ -107,15 +107,17 @@ def test_encoder_streaming_one_compilation_and_constant_cache():
     shapes = lambda c: [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(c)]  # noqa: E731
     assert shapes(final) == shapes(init)
     # Bytes by hand: 2 look-ahead frames of 24 floats and 4 upsample frames of 16; per layer keys + values
-    # (w slots of h·k = 16 floats), w int32 positions and one int32 count; w = 4 tokens in the 2 first-stack
+    # (w slots of h·k = 16 floats), w int32 positions and one int32 count per row; w = 4 tokens in the 2 first-stack
     # layers, 8 frames in the 2 second-stack layers.
     b, d = 3, 16
-    per_layer = lambda w: 2 * b * w * d * 4 + b * w * 4 + 4  # noqa: E731
+    per_layer = lambda w: 2 * b * w * d * 4 + b * w * 4 + b * 4  # noqa: E731
     expected = b * 2 * 24 * 4 + b * 4 * d * 4 + 2 * per_layer(4) + 2 * per_layer(8)
     assert _nbytes(final) == _nbytes(init) == expected
     print(f"\ntiny encoder cache, batch 3, window 4 tokens: {expected} bytes")
     # The last chunk's positions are stored as absolute stream offsets.
-    assert int(final.encoders[0].count) == 18 and int(final.up_encoders[0].count) == 36
+    # per row: each row advanced by whole chunks up to its own end (rows that ended earlier were idle)
+    assert np.asarray(final.encoders[0].count).tolist() == [18, 14, 10]
+    assert np.asarray(final.up_encoders[0].count).tolist() == [36, 28, 20]
     assert int(final.encoders[0].pos.max()) == 16  # row 0's last token
 
 

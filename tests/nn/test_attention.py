@@ -54,14 +54,18 @@ def test_dot_product_attention_per_head_mask_and_bad_shapes():
 
 def test_kv_cache_ring_buffer_positions():
     cache = A.init_kv_cache(2, 5, 1, 2)
-    assert cache.pos.dtype == jnp.int32 and cache.count.shape == ()
+    assert cache.pos.dtype == jnp.int32 and cache.count.shape == (2,)  # one position per row
     k = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 1, 2)
     valid = jnp.array([[1, 1, 1], [1, 1, 0]], bool)
     cache = A.kv_cache_write(cache, k, k, valid)
     np.testing.assert_array_equal(cache.pos, [[0, 1, 2, -1, -1], [0, 1, -1, -1, -1]])
     cache = A.kv_cache_write(cache, k + 100, k + 100, jnp.ones((2, 3), bool))  # wraps: slots 3, 4, 0
     np.testing.assert_array_equal(cache.pos, [[5, 1, 2, 3, 4], [5, 1, -1, 3, 4]])
-    assert int(cache.count) == 6
+    assert np.asarray(cache.count).tolist() == [6, 6]
+    # a row with no valid frame is idle: it does not advance, its slots ahead are marked empty
+    idle = A.kv_cache_write(cache, k, k, jnp.array([[1, 1, 1], [0, 0, 0]], bool))
+    assert np.asarray(idle.count).tolist() == [9, 6]
+    np.testing.assert_array_equal(idle.pos[1], [5, -1, -1, -1, 4])  # positions 6-8: its next chunk's slots
     np.testing.assert_array_equal(cache.keys[0, 0, 0], k[0, 2, 0] + 100)
     with pytest.raises(ValueError, match="does not fit"):
         A.kv_cache_write(cache, jnp.zeros((2, 6, 1, 2)), jnp.zeros((2, 6, 1, 2)), jnp.ones((2, 6), bool))

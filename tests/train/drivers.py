@@ -21,6 +21,7 @@ from train.config import apply_overrides  # noqa: E402
 from train.configs import toy2d  # noqa: E402
 from train.loop import run  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
+from train.experiments import build  # noqa: E402
 
 
 def kill(workdir: str, step: str, *overrides: str) -> None:
@@ -30,7 +31,7 @@ def kill(workdir: str, step: str, *overrides: str) -> None:
         if current == int(step):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    run(toy2d.build(apply_overrides(toy2d.get_config("tiny"), overrides)), workdir, progress=False, callbacks=[die])
+    run(build(apply_overrides(toy2d.get_config("tiny"), overrides)), workdir, progress=False, callbacks=[die])
 
 
 def devices(outdir: str, *overrides: str) -> None:
@@ -40,7 +41,7 @@ def devices(outdir: str, *overrides: str) -> None:
     for name, extra in [("single", ["train.num_devices=1"]), ("dp", ["train.num_devices=8"]),
                         ("fsdp", ["train.num_devices=8", "train.fsdp=true"])]:
         cfg = apply_overrides(toy2d.get_config("tiny"), list(overrides) + extra)
-        result = run(toy2d.build(cfg), out / name, progress=False)
+        result = run(build(cfg), out / name, progress=False)
         leaves = jax.tree_util.tree_flatten_with_path(result.state.params)[0]
         report[name] = {
             "losses": [r["loss"] for r in read_metrics(out / name / "metrics.jsonl") if r["kind"] == "train"],

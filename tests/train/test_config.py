@@ -13,6 +13,7 @@ from train.config import Config, TrainConfig, apply_overrides, config_to_dict, l
 from train.experiment import CONFIG_DIR, load_experiment
 from train.optim import make_optimizer
 from train.state import abstract_state
+from train.experiments import build  # noqa: E402
 
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
 PRESETS = [(name, preset) for name in EXPERIMENTS for preset in load_experiment(name).PRESETS]
@@ -28,7 +29,7 @@ def test_every_preset_builds_and_eval_shape_initialises(name, preset):
     cfg = module.get_config(preset)
     assert isinstance(cfg, Config) and cfg.experiment == name
     hash(cfg)  # frozen all the way down: usable as a static argument
-    exp = module.build(cfg)
+    exp = build(cfg)
     state = abstract_state(exp.init_params, make_optimizer(cfg.optim, cfg.train.steps), jax.random.key(0))
     leaves = jax.tree.leaves(state.params)
     assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)

@@ -18,6 +18,7 @@ from fmjax.models.unet import UNetConfig
 from train.__main__ import main
 from train.config import apply_overrides
 from train.configs import matcha_decoder, token2mel
+from train.experiments import build
 from train.corpus_experiment import eval_pairs, speaker_mean_baseline, speaker_means
 from train.loop import run
 from train.metrics import read_metrics
@@ -27,7 +28,7 @@ from tests.train.corpus_helpers import SMALL_FLOW
 # Test-size models (compile in seconds) and a short run: 4 rows of <= 48 tokens, a 2-sentence evaluation.
 SMALL_UNET = UNetConfig(spk_dim=16, cond_dim=80, channels=(32, 32), n_blocks=1, num_mid_blocks=1, num_heads=2,
                         head_dim=16)
-RUN = ["train.batch_size=4", "data.buckets=(48,)", "data.eval_sentences=2", "data.ode_steps=2",
+RUN = ["train.batch_size=4", "data.buckets=(48,)", "data.eval_sentences=2", "data.sampler.n_steps=2",
        "data.griffin_lim_iters=2", "optim.warmup_steps=5", "optim.ema_decay=0.5", "train.eval_every=0"]
 
 
@@ -52,7 +53,7 @@ def test_tiny_batch_overfits_and_run_writes_artefacts(module, tmp_path):
     # batch's detail). Want 6x.
     cfg = small(module, "train.overfit_batches=1", "train.steps=200", "train.log_every=10", "train.ckpt_every=200",
                 "optim.lr=3e-3", "optim.end_lr_factor=1.0")
-    result = run(module.build(cfg), tmp_path, progress=False)
+    result = run(build(cfg), tmp_path, progress=False)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
     assert len(losses) == 20 and result.compiles == 1
@@ -67,7 +68,7 @@ def test_tiny_batch_overfits_and_run_writes_artefacts(module, tmp_path):
     assert ev["val_l1_ratio"] == pytest.approx(ev["val_mel_l1"] / ev["val_mel_l1_baseline"], rel=1e-6)
     for png in ("loss_curve.png", "samples/step_000200.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    target = eval_pairs(module.build(cfg).corpus, 1)[0][0]
+    target = eval_pairs(build(cfg).corpus, 1)[0][0]
     for wav in ("samples/step_000200.wav", f"samples/reference_{target.id.replace('/', '_')}.wav"):
         audio, sr = sf.read(tmp_path / wav)
         assert sr == 24000 and audio.shape == (target.mel.shape[0] * 480,) and np.abs(audio).max() > 0, wav
@@ -96,7 +97,7 @@ def test_speaker_means_and_baseline_known_answer():
 
 @pytest.fixture(scope="module")
 def tiny_exp():
-    return token2mel.build(small(token2mel, "data.eval_sentences=8"))
+    return build(small(token2mel, "data.eval_sentences=8"))
 
 
 def test_evaluate_scores_truth_zero_and_baseline_one(tiny_exp, monkeypatch):
@@ -181,57 +182,65 @@ def _write_corpus(root, sample_rate=24000, bad=True):
 def test_bad_records_are_skipped_with_reasons(module, tmp_path, caplog):
     root = _write_corpus(tmp_path / "corpus")
     with caplog.at_level(logging.WARNING, logger="fmjax.data.corpus"):
-        exp = module.build(small(module, f"data.corpus={root}", "train.batch_size=2"))
+        exp = build(small(module, f"data.corpus={root}", "train.batch_size=2"))
     assert dict(exp.corpus.skipped) == {"s0/mismatch": "token/mel length mismatch: 9 frames != 2 x 4 tokens",
                                         "s1/empty": "empty utterance (0 frames, 0 tokens)"}
     assert "skipping utterance 's1/empty'" in caplog.text
     assert len(exp.corpus.train) == 8 and next(exp.train_batches(0, 0))[0]["mel"].shape == (2, 96, 80)
 
 
-def test_bad_corpus_and_settings_raise_before_compiling(tmp_path):
+def test_bad_corpus_and_settings_raise_before_compiling(capsys, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data.corpus: path: corpus directory '/no/such/corpus' does not"):
-        token2mel.build(small(token2mel, "data.corpus=/no/such/corpus"))
+        build(small(token2mel, "data.corpus=/no/such/corpus"))
     root = _write_corpus(tmp_path / "corpus22k", sample_rate=22050, bad=False)
     with pytest.raises(ValueError, match="sample rate 22050 Hz"):
-        matcha_decoder.build(small(matcha_decoder, f"data.corpus={root}"))
+        build(small(matcha_decoder, f"data.corpus={root}"))
     cfg = small(token2mel)
     bigger = dataclasses.replace(SMALL_FLOW, vocab_size=300)
     with pytest.raises(ValueError, match="model vocab_size: expected the corpus's 256 tokens, got 300"):
-        token2mel.build(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, flow=bigger)))
+        build(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, flow=bigger)))
     with pytest.raises(ValueError, match="batch_size: no bucket has 64 utterances"):
-        token2mel.build(small(token2mel, "train.batch_size=64", "data.buckets=(40,)"))
+        build(small(token2mel, "train.batch_size=64", "data.buckets=(40,)"))
     for item, match in [("data.buckets=(64, 48)", "data.buckets: expected strictly increasing"),
                         ("data.sample_sentence=2", r"data.sample_sentence: expected an index in \[0, data.eval"),
-                        ("data.grid=spiral", "grid"), ("model.chunk_prob=1.5", "model.chunk_prob")]:
+                        ("data.sampler.grid=spiral", "grid"), ("model.chunk_prob=1.5", "model.chunk_prob")]:
         with pytest.raises(ValueError, match=match):
             small(token2mel, item)
     with pytest.raises(ValueError, match="model.unet.channels: 3 levels need frame counts divisible by 4"):
         matcha_decoder.TokenUNetConfig(unet=UNetConfig(spk_dim=16, cond_dim=80, channels=(32, 32, 32)))
     # the CLI: the error comes from build, before the workdir is touched
-    with pytest.raises(FileNotFoundError, match="data.corpus"):
+    with pytest.raises(SystemExit) as exit_info:  # a one-line usage error naming the setting, exit 2
         main(["--config", "token2mel", "--workdir", str(tmp_path / "run"), "--set", "data.corpus=/no/such/corpus"])
+    assert exit_info.value.code == 2
+    assert "data.corpus" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
-def test_token2mel_rows_mixture_equals_flow_loss_row_by_row(tiny_exp):
-    """``unified="rows"``: the first half of the rows is exactly flow_loss with chunk masks, the rest exactly
-    flow_loss with full context (same draws), row by row (1e-5)."""
+def test_token2mel_unified_rows_equal_flow_loss_of_their_mode(tiny_exp):
+    """Unified training draws the mode per row inside one compiled step: every row's loss equals flow_loss of the
+    same draws with that row's mode for the whole batch (chunk masks or full context), row by row (1e-5)."""
     import jax
     from fmjax.token2mel import flow_loss
 
     exp = tiny_exp
-    assert exp.config.model.unified == "rows" and exp.config.model.chunk_prob == 0.5
+    assert exp.config.model.chunk_prob == 0.5 and exp.config.model.chunk_per_row
     params = jax.jit(exp.init_params)(jax.random.key(0))
     batch = next(exp.train_batches(0, 0))[0]
-    key = jax.random.key(3)
+    u = batch["tokens"].shape[1]
 
     @jax.jit
-    def losses(params, batch, key):  # one compilation: the rows mixture and flow_loss of either kind
+    def losses(params, batch, key):  # one compilation: the experiment's loss and flow_loss of either kind
+        mixed = flow_loss(exp.model, params, batch, key, loss=exp.loss, chunks=exp.chunks)[1]
         ref = [flow_loss(exp.model, params, batch, key, loss=exp.loss, chunk_prob=p)[1]["per_example"] for p in (1, 0)]
-        return exp.loss_fn(params, batch, key)[1]["per_example"], *ref
+        return exp.loss_fn(params, batch, key)[1]["per_example"], mixed["chunk"], *ref
 
-    per_row, chunked, full = (np.asarray(x) for x in losses(params, batch, key))
-    for name, ref, part in (("chunk-masked", chunked, slice(0, 2)), ("full-context", full, slice(2, 4))):
-        err = np.abs(per_row[part] - ref[part]).max()
-        assert err < 1e-5, f"{name} rows: max abs error {err:.3g} (tol 1e-5)"
-    assert np.abs(chunked - full).max() > 1e-4  # the two kinds really differ on these rows
+    seen = set()
+    for k in range(4):
+        per_row, chunk, chunked, full = (np.asarray(x) for x in losses(params, batch, jax.random.key(k)))
+        is_chunked = chunk < u
+        seen.update(is_chunked.tolist())
+        ref = np.where(is_chunked, chunked, full)
+        err = np.abs(per_row - ref).max()
+        assert err < 1e-5, f"draw {k}: rows vs their mode's flow_loss max abs error {err:.3g} (tol 1e-5)"
+        assert np.abs(chunked - full).max() > 1e-4  # the two kinds really differ on these rows
+    assert seen == {True, False}

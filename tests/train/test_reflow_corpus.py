@@ -23,6 +23,8 @@ from train.configs import reflow, token2mel
 from train.loop import run
 from train.metrics import read_metrics
 from train.state import make_state
+from train.experiments import build  # noqa: E402
+from train.experiments.reflow_couplings import COUPLING_KEYS
 
 from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
 
@@ -44,14 +46,14 @@ def setup(tmp_path_factory):
 def micro(setup, *overrides):
     corpus, teacher = setup
     return apply_overrides(reflow.get_config("tiny"), [
-        f"data.corpus={corpus}", "data.buckets=(24,)", "data.eval_sentences=2", "data.ode_steps=2",
-        "data.griffin_lim_iters=2", f"reflow.teacher={teacher}", "reflow.n_steps=4", "reflow.shard_size=4",
+        f"data.corpus={corpus}", "data.buckets=(24,)", "data.eval_sentences=2", "data.sampler.n_steps=2",
+        "data.griffin_lim_iters=2", f"reflow.teacher={teacher}", "reflow.sampler.n_steps=4", "reflow.shard_size=4",
         "reflow.copies=2", "reflow.eval_steps=(2,)", "reflow.straightness_steps=2", "train.batch_size=4",
         "optim.warmup_steps=5", "train.eval_every=0", *overrides])
 
 
 def test_couplings_carry_their_conditions(setup, tmp_path):
-    exp = reflow.build(micro(setup, f"reflow.couplings={tmp_path}"))
+    exp = build(micro(setup, f"reflow.couplings={tmp_path}"))
     (group,) = exp.couplings("train", progress=False)
     assert group["x0"].shape == (24, 48, 80) and group["tokens"].shape == (24, 24)  # 2 copies x 12 utterances
     assert sorted(group["index"].tolist()) == sorted(list(range(12)) * 2)
@@ -70,7 +72,8 @@ def test_couplings_carry_their_conditions(setup, tmp_path):
     @jax.jit
     def regenerate(x0, tokens, token_len, spk, prompt):
         spks = model.apply(params, spk, method="speaker")
-        mu, mask = model.apply(params, tokens, token_len, method="encode")
+        mu, _ = model.apply(params, tokens, token_len, method="encode")
+        mask = (jnp.arange(mu.shape[1])[None] < 2 * token_len[:, None]).astype(mu.dtype)
         velocity = classifier_free_guidance(lambda t, x, c: model.apply(params, x, c, t, method="estimate")[0], 0.7)
         return sample(velocity, x0, MelCond(mu, spks, prompt, mask), jnp.asarray(time_grid("cosine", 4)), "euler")[0]
 
@@ -81,9 +84,9 @@ def test_couplings_carry_their_conditions(setup, tmp_path):
 
 
 def test_generation_resumes_without_duplicating_or_losing_shards(setup, tmp_path):
-    full = reflow.build(micro(setup, f"reflow.couplings={tmp_path / 'full'}"))
+    full = build(micro(setup, f"reflow.couplings={tmp_path / 'full'}"))
     full.couplings("train", progress=False)
-    exp = reflow.build(micro(setup, f"reflow.couplings={tmp_path / 'resumed'}"))
+    exp = build(micro(setup, f"reflow.couplings={tmp_path / 'resumed'}"))
     store, n = exp.store("train"), len(exp.plan("train"))
     assert n == 6  # 2 copies x 12 utterances / 4 per shard
 
@@ -103,7 +106,7 @@ def test_generation_resumes_without_duplicating_or_losing_shards(setup, tmp_path
     assert store.complete_shards() == list(range(n))
     for i in range(n):
         a, b = full.store("train").load_shard(i), store.load_shard(i)
-        assert sorted(a) == sorted(b) == sorted(reflow.COUPLING_KEYS)
+        assert sorted(a) == sorted(b) == sorted(COUPLING_KEYS)
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"shard {i} {k}")
 
@@ -112,7 +115,7 @@ def test_student_loss_on_couplings_falls_and_report_is_written(setup, tmp_path):
     cfg = micro(setup, f"reflow.couplings={tmp_path / 'couplings'}", "train.steps=40", "train.log_every=10",
                 "train.ckpt_every=40", "optim.lr=3e-3", "optim.end_lr_factor=1.0",
                 "reflow.student_cfg=0.7")  # the teacher's guidance: teacher and student share compilations
-    result = run(reflow.build(cfg), tmp_path / "student", progress=False)
+    result = run(build(cfg), tmp_path / "student", progress=False)
     rows = read_metrics(tmp_path / "student" / "metrics.jsonl")
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
     assert len(losses) == 4 and result.compiles == 1
@@ -128,19 +131,19 @@ def test_student_loss_on_couplings_falls_and_report_is_written(setup, tmp_path):
 
 
 def test_distillation_trains_on_the_grid_times(setup):
-    exp = reflow.build(micro(setup, "reflow.distill_steps=2", "data.grid=linear"))
+    exp = build(micro(setup, "reflow.distill_steps=2", "data.sampler.grid=linear"))
     assert exp.loss.t_sampler == GridT(2) and exp.loss.path.sigma_min == 0.0 and exp.loss.cfg_rate == 0.0
 
 
 def test_bad_settings_raise(setup, tmp_path):
-    with pytest.raises(ValueError, match="reflow.teacher: expected a token2mel trainer workdir"):
-        reflow.build(micro(setup, f"reflow.teacher={tmp_path}"))
-    with pytest.raises(ValueError, match="data.grid: k-step distillation"):
-        reflow.build(micro(setup, "reflow.distill_steps=1"))
-    exp = reflow.build(micro(setup, "reflow.teacher="))  # builds (fresh parameters) but has no couplings
+    with pytest.raises(ValueError, match="reflow.teacher: "):
+        build(micro(setup, f"reflow.teacher={tmp_path}"))
+    with pytest.raises(ValueError, match="data.sampler.grid: k-step distillation"):
+        build(micro(setup, "reflow.distill_steps=1"))
+    exp = build(micro(setup, "reflow.teacher="))  # builds (fresh parameters) but has no couplings
     with pytest.raises(ValueError, match="reflow.teacher"):
         next(exp.train_batches(0, 0))
-    for item, match in (("reflow.n_steps=0", "reflow.n_steps"), ("reflow.eval_steps=(0,)", "reflow.eval_steps"),
-                        ("reflow.grid=quadratic", "reflow:"), ("reflow.t_sampler=beta", "reflow:")):
+    for item, match in (("reflow.sampler.n_steps=0", "n_steps"), ("reflow.eval_steps=(0,)", "reflow.eval_steps"),
+                        ("reflow.sampler.grid=quadratic", "grid"), ("reflow.t_sampler=beta", "reflow:")):
         with pytest.raises(ValueError, match=match):
             apply_overrides(reflow.get_config("tiny"), [item])

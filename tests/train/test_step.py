@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from train.checkpoint import Checkpointer
-from train.configs import toy2d
 from train.loop import MAX_CONSECUTIVE_SKIPS, _BatchGuard, run
 from train.metrics import NonFiniteError, read_metrics
 from train.optim import make_optimizer, make_schedule
 from train.sharding import make_mesh, shard_batch, state_shardings
 from train.state import abstract_state, create_state
 from train.step import jit_train_step, make_train_step
+from train.experiments import build  # noqa: E402
 
 
 def _tree_equal(a, b) -> bool:
@@ -25,7 +25,7 @@ def _tree_equal(a, b) -> bool:
 
 
 def _setup(cfg, compute_dtype="float32"):
-    exp = toy2d.build(cfg)
+    exp = build(cfg)
     opt = make_optimizer(cfg.optim, cfg.train.steps)
     mesh = make_mesh(1)
     abstract = abstract_state(exp.init_params, opt, jax.random.key(0))
@@ -43,7 +43,7 @@ def test_tiny_batch_overfits(toy_config, tmp_path):
     cfg = toy_config("model.hidden=128", "model.depth=3", "train.batch_size=4", "train.steps=300",
                     "train.overfit_batches=1", "train.log_every=10", "train.ckpt_every=300", "optim.lr=1e-2",
                     "optim.warmup_steps=10")
-    run(toy2d.build(cfg), tmp_path, progress=False)
+    run(build(cfg), tmp_path, progress=False)
     losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert len(losses) == 30
     assert losses[-1] < losses[0] / 20, f"loss fell only from {losses[0]:.4f} to {losses[-1]:.4f} (want 20x)"
@@ -151,4 +151,4 @@ def test_malformed_batch_stops_the_run_before_jit(seq_experiment, tmp_path):
 def test_batch_size_must_divide_over_devices(toy_config, tmp_path, monkeypatch):
     monkeypatch.setattr("train.loop.make_mesh", lambda n: type("M", (), {"shape": {"data": 3}})())
     with pytest.raises(ValueError, match="train.batch_size: expected a multiple of the 3 devices"):
-        run(toy2d.build(toy_config()), tmp_path, progress=False)
+        run(build(toy_config()), tmp_path, progress=False)

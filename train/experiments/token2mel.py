@@ -1,0 +1,93 @@
+"""The token2mel experiment: CosyVoice2's causal flow (:class:`fmjax.models.flow.CosyVoice2Flow`) on the speech corpus,
+trained with CosyVoice2's unified chunk/full loss (:func:`fmjax.pipelines.training.flow_loss`): the chunk masks are
+data drawn per row (or per batch), one compiled train step. Its config is ``train/configs/token2mel.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fmjax.loss import CFMLoss
+from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, init_flow_params
+from fmjax.paths import CondOTPath
+from fmjax.pipelines.training import DynamicChunks, UnifiedChunks, flow_loss
+from fmjax.timesteps import get_t_sampler
+from train.corpus_experiment import CorpusExperiment
+
+__all__ = ["ModelConfig", "Token2Mel", "FlowLossExperiment"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The flow and its training loss (CosyVoice2's: uniform t, sigma 1e-6, CFG dropout 0.2, prompt prefix with
+    probability 0.5 of up to 30 % of the frames, chunk masks for half of the rows).
+
+    Attributes:
+      flow: the flow's sizes (:class:`fmjax.models.flow.Token2MelConfig`); its vocabulary and speaker width must
+        be the corpus's (256 and 192 for the shipped one).
+      sigma_min, cfg_rate, prompt_prob, prompt_max_frac: :class:`fmjax.loss.CFMLoss`.
+      t_sampler: training time sampler (:func:`fmjax.timesteps.get_t_sampler`; CosyVoice2: ``uniform``).
+      chunk_prob: the share of chunk-masked rows (the flow's streaming chunks in encoder and estimator).
+      chunk_per_row: draw the mode per row (True) or per batch (CosyVoice2's draw); either way one compiled step.
+      dynamic_chunks: 0 = CosyVoice2's unified training; ``k > 0`` = WeNet's dynamic chunk training with chunks of
+        up to ``k`` tokens (streaming then works at any chunk size up to ``k``).
+    """
+
+    flow: Token2MelConfig = Token2MelConfig(vocab_size=256)
+    sigma_min: float = 1e-6
+    cfg_rate: float = 0.2
+    prompt_prob: float = 0.5
+    prompt_max_frac: float = 0.3
+    t_sampler: str = "uniform"
+    chunk_prob: float = 0.5
+    chunk_per_row: bool = True
+    dynamic_chunks: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.chunk_prob <= 1.0:
+            raise ValueError(f"model.chunk_prob: expected a probability in [0, 1], got {self.chunk_prob!r}")
+        if not (isinstance(self.dynamic_chunks, int) and self.dynamic_chunks >= 0):
+            raise ValueError(f"model.dynamic_chunks: expected an int >= 0 (0 = unified training), got "
+                             f"{self.dynamic_chunks!r}")
+        if self.sigma_min < 0:
+            raise ValueError(f"model.sigma_min: expected a value >= 0, got {self.sigma_min!r}")
+        try:
+            self.loss()  # CFMLoss validates the probabilities, get_t_sampler the name
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"model: {e}") from None
+
+    def loss(self) -> CFMLoss:
+        return CFMLoss(path=CondOTPath(self.sigma_min), t_sampler=get_t_sampler(self.t_sampler),
+                       cfg_rate=self.cfg_rate, prompt_prob=self.prompt_prob, prompt_max_frac=self.prompt_max_frac)
+
+    def chunks(self) -> UnifiedChunks | DynamicChunks:
+        if self.dynamic_chunks:
+            return DynamicChunks(max_chunk=self.dynamic_chunks, per_row=self.chunk_per_row)
+        return UnifiedChunks(self.chunk_prob, per_row=self.chunk_per_row)
+
+
+class FlowLossExperiment(CorpusExperiment):
+    """A corpus experiment whose loss is :func:`fmjax.pipelines.training.flow_loss` of ``self.model`` (padding rows
+    weighted 0); subclasses set ``model``, ``loss`` and ``chunks``."""
+
+    chunks = None
+
+    def init_params(self, key):
+        return init_flow_params(self.model, key)
+
+    def loss_fn(self, params, batch, key):
+        loss, aux = flow_loss(self.model, params, batch, key, loss=self.loss, chunks=self.chunks)
+        aux = {k: aux[k] for k in ("per_example", "t", "chunk_masked")}
+        aux["weight"] = batch["row_mask"]
+        return loss, aux
+
+
+class Token2Mel(FlowLossExperiment):
+    """The CosyVoice2 flow on corpus batches."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        mc = config.model
+        self.check_model_config(mc.flow.vocab_size, mc.flow.spk_embed_dim)
+        self.model = CosyVoice2Flow(mc.flow)
+        self.loss = mc.loss()
+        self.chunks = mc.chunks()
