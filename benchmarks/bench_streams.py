@@ -69,6 +69,15 @@ def _params(model):
     return jax.tree_util.tree_map_with_path(draw, flow_param_shapes(model))
 
 
+def _step_velocity(model, params):
+    """The streaming velocity closure (this checkout's shared one when it has it)."""
+    try:
+        from fmjax.pipelines.common import flow_step_velocity
+    except ImportError:  # an older checkout
+        return lambda t, x, cond, cache: model.apply(params, x, cond, t, cache, method="estimate")
+    return flow_step_velocity(model, params)
+
+
 def _timed(fn, n: int) -> float:
     times = []
     for _ in range(n):
@@ -130,15 +139,13 @@ def measure(chunk: int, rows: int, quick: bool) -> dict:
     est_cache = init_sampler_caches(model.init_estimator_cache(2 * b, r * WINDOW), STEPS, "euler")
     grid = jnp.asarray(cosine_grid(STEPS), jnp.float32)
 
-    def velocity(t, x, cond, cache):
-        return model.apply(params, x, cond, t, cache, method="estimate")
+    import functools
 
-    guided = classifier_free_guidance_cached(velocity, CFG)
-
-    @jax.jit
-    def bare(enc_cache, est_cache, tokens, ctx, spks, x0):
+    @functools.partial(jax.jit, donate_argnums=(1, 2))  # params as an argument and caches donated, as the stream
+    def bare(params, enc_cache, est_cache, tokens, ctx, spks, x0):
         from fmjax.cond import MelCond
 
+        guided = classifier_free_guidance_cached(_step_velocity(model, params), CFG)
         mu, enc_cache = model.apply(params, tokens, jnp.full((b,), c, jnp.int32), context=ctx,
                                     context_lengths=jnp.full((b,), LOOKAHEAD, jnp.int32), cache=enc_cache,
                                     method="encode")
@@ -153,7 +160,7 @@ def measure(chunk: int, rows: int, quick: bool) -> dict:
     holder = {"enc": enc_cache, "est": est_cache}
 
     def bare_step():
-        x1, holder["enc"], holder["est"] = bare(holder["enc"], holder["est"], tok, ctx, spks, x0)
+        x1, holder["enc"], holder["est"] = bare(params, holder["enc"], holder["est"], tok, ctx, spks, x0)
         jax.block_until_ready(x1)
 
     bare_step()

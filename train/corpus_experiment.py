@@ -151,6 +151,10 @@ class CorpusExperiment(Experiment):
     """
 
     model = None
+    resume_safe_keys = (  # evaluation only (the generated sentences, their sampler, the samples): may change on resume
+        "data.eval_sentences", "data.sampler.grid", "data.sampler.n_steps", "data.sampler.solver",
+        "data.sampler.cfg_weight", "data.sample_sentence", "data.griffin_lim_iters",
+    )
 
     def __init__(self, config):
         super().__init__(config)

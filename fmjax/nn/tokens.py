@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmjax.checks import check_mask
 from fmjax.nn.conv import CausalConv1d, Conv1d, ConvCache
 from fmjax.typing import Array, Bool, Float, Int
 
@@ -38,6 +39,7 @@ def token_mask(mask, b: int, t: int, name: str = "mask") -> Bool[Array, "b t"]:
         return jnp.arange(t)[None, :] < m[:, None]  # [b, t]
     if m.shape != (b, t):
         raise ValueError(f"{name}: expected lengths of shape [{b}] or a mask of shape [{b}, {t}], got {m.shape}")
+    check_mask(name, mask)  # 0/1 only (values checked when concrete)
     return m.astype(bool)
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmjax.checks import check_finite
 from fmjax.cond import MelCond
 from fmjax.nn.masks import ChunkSpec
 from fmjax.nn.tokens import frame_mask
@@ -25,18 +26,26 @@ __all__ = [
 
 # ------------------------------------------------------------------------------------------------- closures
 def flow_velocity(model, params) -> Callable:
-    """The offline velocity closure of a flow's estimator: ``velocity(t [b], x [b, t, m], cond) -> v``."""
+    """The offline velocity closure of a flow's estimator: ``velocity(t [b], x [b, t, m], cond, r=None) -> v``.
 
-    def velocity(t, x, cond):
+    ``r`` (``[b]``, a MeanFlow student's interval end, set as ``cond.r``; the ``meanflow`` solver passes it) makes it
+    the student's average velocity over ``[t, r]``; without it the closure is the plain flow's."""
+
+    def velocity(t, x, cond, r=None):
+        if r is not None:
+            cond = cond._replace(r=r)
         return model.apply(params, x, cond, t, method="estimate")[0]
 
     return velocity
 
 
 def flow_step_velocity(model, params) -> Callable:
-    """The streaming velocity closure: ``velocity(t, x_chunk, cond_chunk, cache) -> (v_chunk, cache)``."""
+    """The streaming velocity closure: ``velocity(t, x_chunk, cond_chunk, cache, r=None) -> (v_chunk, cache)``
+    (``r`` as in :func:`flow_velocity`)."""
 
-    def velocity(t, x, cond, cache):
+    def velocity(t, x, cond, cache, r=None):
+        if r is not None:
+            cond = cond._replace(r=r)
         return model.apply(params, x, cond, t, cache, method="estimate")
 
     return velocity
@@ -122,21 +131,11 @@ def noise_table(noise, key: Key | None, mel_dim: int, *, frames: int = MAX_FRAME
     if not ok or shape[-1] != mel_dim or shape[-2] < frames:
         rows = "" if batch is None else f" or [{batch}, T >= {frames}, {mel_dim}]"
         raise ValueError(f"noise: expected [T >= {frames}, {mel_dim}]{rows}, got {shape}")
-    check_finite(noise, "noise")
+    check_finite("noise", noise)
     return jnp.asarray(noise, jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------- host checks
-def check_finite(x, name: str) -> None:
-    """Host-side: raises ``ValueError`` if a concrete float array holds NaN or inf (tracers are not checked)."""
-    if x is None or isinstance(x, jax.core.Tracer):
-        return
-    a = np.asarray(x)
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-        bad = int(a.size - np.isfinite(a).sum())
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf value(s)")
-
-
 def check_lengths(lengths, b: int, width: int, name: str, *, minimum: int = 0) -> np.ndarray:
     """Host-side: ``[b]`` integer lengths in ``[minimum, width]`` (None = all ``width``), as int64 numpy."""
     if lengths is None:

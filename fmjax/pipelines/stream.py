@@ -233,7 +233,7 @@ class Token2MelStream:
         shape = np.shape(embedding)
         b = shape[0] if len(shape) == 2 else -1
         check_speaker_embedding(embedding, b if b > 0 else None, cfg.spk_embed_dim)
-        check_finite(embedding, "embedding")
+        check_finite("embedding", embedding)
         if prompt_tokens is None:
             if prompt_mel is not None or prompt_lengths is not None:
                 raise ValueError("prompt_mel/prompt_lengths: given without prompt_tokens")
@@ -247,7 +247,7 @@ class Token2MelStream:
         if tuple(np.shape(prompt_mel)) != (b, r * p, m):
             raise ValueError(f"prompt_mel: expected shape {(b, r * p, m)} ({r} frames per prompt token), "
                              f"got {np.shape(prompt_mel)}")
-        check_finite(prompt_mel, "prompt_mel")
+        check_finite("prompt_mel", prompt_mel)
         grid = self.sampler.time_grid() if grid is None else grid
         grid = jnp.asarray(time_grid(grid, self.n_steps) if isinstance(grid, str) else time_grid(grid), jnp.float32)
         if grid.shape != (self.n_steps + 1,):

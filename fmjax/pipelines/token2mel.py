@@ -124,7 +124,7 @@ def token2mel(
     tokens, lengths = check_id_batch(tokens, lengths, cfg.vocab_size, "tokens", "lengths", allow_empty=False)
     b = tokens.shape[0]
     check_speaker_embedding(embedding, b, cfg.spk_embed_dim)
-    check_finite(embedding, "embedding")
+    check_finite("embedding", embedding)
     if prompt_tokens is None:
         if prompt_mel is not None or prompt_lengths is not None:
             raise ValueError("prompt_mel/prompt_lengths: given without prompt_tokens")
@@ -140,7 +140,7 @@ def token2mel(
                 f"prompt_mel: expected shape {expected} ({r} frames per prompt token), got "
                 f"{None if prompt_mel is None else np.shape(prompt_mel)}"
             )
-        check_finite(prompt_mel, "prompt_mel")
+        check_finite("prompt_mel", prompt_mel)
     chunked = np.asarray(streaming)
     if chunked.dtype != bool or chunked.shape not in ((), (b,)):
         raise TypeError(f"streaming: expected a bool or [{b}] bools, got {chunked.dtype} of shape {chunked.shape}")

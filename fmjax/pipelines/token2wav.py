@@ -269,7 +269,7 @@ class Token2Wav:
                              f"got {tuple(mel.shape)}")
         b = mel.shape[0]
         n = check_lengths(lengths, b, mel.shape[1], "lengths")
-        check_finite(mel, "mel")
+        check_finite("mel", mel)
         ids = _stream_ids(stream_ids, b)
         vocoder_key = jax.random.key(0) if vocoder_key is None else vocoder_key
         state = Token2WavState(None, self.vocoder.init_cache(b, vocoder_key, ids), jnp.array(mel, jnp.float32, copy=True),

@@ -71,6 +71,8 @@ class DataConfig:
 class Toy2D(Experiment):
     """Independent pairs ``(x0 ~ source, x1 ~ target)``; batches ``{"x0": [b, 2], "x1": [b, 2]}`` (numpy)."""
 
+    resume_safe_keys = ("data.eval_points", "data.eval_batches", "data.ode_steps")  # evaluation only: may change on resume
+
     def __init__(self, config: Config):
         super().__init__(config)
         mc, dc = config.model, config.data
