@@ -28,6 +28,10 @@ look-ahead tokens after it have arrived (and the vocoder keeps its cross-fade ov
 short arrivals the first one typically emits nothing and its audio comes with the next. The synthesis runs twice:
 the first pass includes compilation, the second is compiled; both real-time factors are printed and the table
 shows the compiled pass (``--single-pass`` skips the second). ``--offline`` runs the offline twin.
+
+A MeanFlow student (``python -m train --config train/configs/meanflow.py``; :mod:`fmjax.meanflow`) streams the same
+way; its defaults are 2 ``meanflow`` steps on the linear grid without CFG (its guidance is folded into training:
+``--cfg`` above 0 is a usage error).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _weight(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fmjax.samplers import SOLVERS
+    from fmjax.samplers import ALL_SOLVERS
 
     ap = argparse.ArgumentParser(prog="python -m fmjax.cli", description="fmjax command line tools")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -101,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--offline", action="store_true", help="offline chunk-masked synthesis instead of streaming "
                                                           "(default: streaming)")
     g.add_argument("--chunk", type=_int_at_least(1), default=25, help="streaming: tokens per arrival (default: 25)")
-    g.add_argument("--steps", type=_int_at_least(1), default=10, help="ODE steps (default: 10)")
-    g.add_argument("--solver", default="euler", choices=sorted(SOLVERS), help="ODE solver (default: euler)")
-    g.add_argument("--cfg", type=_weight, default=0.7, help="classifier-free guidance weight >= 0 (default: 0.7)")
+    g.add_argument("--steps", type=_int_at_least(1),
+                   help="ODE steps (default: 10; 2 for a MeanFlow student)")
+    g.add_argument("--solver", choices=sorted(ALL_SOLVERS),
+                   help="ODE solver (default: euler; meanflow for a MeanFlow student)")
+    g.add_argument("--cfg", type=_weight, help="classifier-free guidance weight >= 0 (default: 0.7; 0 for a MeanFlow "
+                                               "student, whose guidance is folded into its training)")
     g.add_argument("--window", type=_int_at_least(1),
                    help="K/V window in tokens (default: the whole stream, exact)")
     g.add_argument("--seed", type=int, default=0, help="seed of HiFT's sine noise (default: 0)")
@@ -281,7 +288,9 @@ def _token2wav(args, ap) -> int:
         prompt_tokens, prompt_mel = inputs.prompt(cfg.mel_dim)
         embedding = inputs.speaker(cfg.spk_embed_dim)
         if args.hift:
-            hift_config, hift_params = convert_hift(args.hift)
+            yaml = pathlib.Path(args.hift).with_name("cosyvoice2.yaml")  # the model directory's own config, if there
+            hift_config, hift_params = convert_hift(args.hift, cosyvoice_yaml=yaml if yaml.is_file() else None,
+                                                    preset="cosyvoice2")
             vocoder = HiFTVocoder(hift_config)
         else:
             vocoder, hift_params = GriffinLimVocoder(n_iter=args.gl_iters), None
@@ -289,7 +298,7 @@ def _token2wav(args, ap) -> int:
         c = cfg.chunk_size
         window = args.window or max(c * -(-(p + len(tokens)) // c), c * (cfg.num_left_chunks + 1))
         t2w = Token2Wav(Token2MelStream(model, window_tokens=window, n_steps=args.steps, solver=args.solver,
-                                        cfg_weight=args.cfg), vocoder)
+                                        cfg_weight=_cfg_weight(args, model)), vocoder)
         params = t2w.prepare_params(flow_params, hift_params)
         batch = dict(embedding=embedding[None], prompt_tokens=None if p == 0 else prompt_tokens[None],
                      prompt_mel=None if p == 0 else prompt_mel[None], vocoder_key=jax.random.key(args.seed))
@@ -314,6 +323,20 @@ def _token2wav(args, ap) -> int:
         print(f"{name}: {r['total']:.2f} s for {seconds:.2f} s of audio{first}: real-time factor "
               f"{r['total'] / seconds:.3f}")
     return 0
+
+
+def _cfg_weight(args, model):
+    """``--cfg``, checked against the flow: a MeanFlow student has its guidance folded in (``--cfg`` must be 0), and
+    only a student takes ``--solver meanflow``."""
+    from fmjax.meanflow import is_student
+
+    if is_student(model) and args.cfg:
+        raise ValueError(f"--cfg: the flow is a MeanFlow student with classifier-free guidance folded into its "
+                         f"training; it samples without CFG (omit --cfg or pass 0), got {args.cfg}")
+    if args.solver == "meanflow" and not is_student(model):
+        raise ValueError("--solver: meanflow steps a MeanFlow student's average velocity; this flow is a plain flow "
+                         "(use euler, midpoint, heun or rk4)")
+    return args.cfg
 
 
 def _offline(t2w, params, tokens, batch, chunk, *, progress) -> dict:

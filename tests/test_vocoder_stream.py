@@ -29,7 +29,7 @@ def _snr_db(x, ref):
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg, params = convert_hift(pathlib.Path(__file__).parent / "fixtures" / "hift_small_state_dict.npz")
+    cfg, params = convert_hift(pathlib.Path(__file__).parent / "fixtures" / "hift_small_state_dict.npz", preset="cosyvoice2")
     rng = np.random.default_rng(0)
     walk = np.cumsum(rng.standard_normal((2, T, 80)), axis=1) / np.sqrt(np.arange(1, T + 1))[None, :, None]
     mel = jnp.asarray(walk, jnp.float32)  # two streams, batched

@@ -17,7 +17,7 @@ Use (from a script under ``benchmarks/``)::
     from timing import interleaved, print_sidebyside, sidebyside_row
 
     orig = load_originals(path)                          # Matcha-TTS at <path>/third_party/Matcha-TTS
-    est, sd = build.build_estimator(orig, size="full")   # sd -> fmjax.convert.causal_unet.convert_causal_unet(sd)
+    est, sd = build.build_estimator(orig, size="full")   # sd -> fmjax.convert.causal_unet.convert_causal_unet(sd, preset="cosyvoice2")
     inp = proc.estimator_inputs(2, 500)                  # torch layout (B, C, T); fmjax takes (B, T, C)
     res = interleaved({"torch": proc.estimator_call(est, inp), "fmjax": run_fmjax}, rounds=5)
     rows = [sidebyside_row("estimator T=500", res, diff=max_abs_diff)]

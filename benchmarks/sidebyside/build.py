@@ -5,7 +5,7 @@
     hift, sd = build_hift(orig, size="full", seed=0)       # HiFTGenerator (24 kHz, SineGen2)
 
 ``sd`` is the module's state dict as ``{torch name: float32 numpy array}``, exactly what ``fmjax.convert``
-reads (``convert_flow(sd)``, ``convert_causal_unet(sd)``, ``convert_hift(sd)``); for ``size="small"`` pass
+reads (``convert_flow(sd, preset="cosyvoice2")``, ``convert_causal_unet(sd, preset="cosyvoice2")``, ``convert_hift(sd, preset="cosyvoice2")``); for ``size="small"`` pass
 ``static_chunk_size=5, decoder_heads=4`` (flow) or ``num_heads=4, chunk_size=10`` (estimator).
 
 Sizes. ``"full"``: CosyVoice2 as ``examples/libritts/cosyvoice2/conf/cosyvoice2.yaml`` (at ace7c47) configures it,

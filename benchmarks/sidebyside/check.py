@@ -147,20 +147,20 @@ def check_fmjax(orig, flow, flow_sd, hift, hift_sd) -> None:
     from fmjax.token2mel import token2mel
 
     tl = lambda a: np.swapaxes(np.asarray(a), -1, -2)  # noqa: E731  torch (B, C, T) -> fmjax (B, T, C)
-    cfg, params = convert_causal_unet(flow_sd, num_heads=4, chunk_size=10)
+    cfg, params = convert_causal_unet(flow_sd, num_heads=4, chunk_size=10, preset="cosyvoice2")
     inp = proc.estimator_inputs(2, 37, seed=1)
     ref = proc.estimator_call(flow.decoder.estimator, inp)()
     cond = MelCond(tl(inp["mu"]), inp["spks"], tl(inp["cond"]), inp["mask"][:, 0])
     v = CausalConditionalDecoder(cfg).apply(params, tl(inp["x"]), cond, jnp.asarray(inp["t"]))[0]
     record("fmjax estimator (convert_causal_unet) vs torch", diff(tl(v), ref), 1e-5,
            note=f"torch output std {float(ref.std()):.3g}")
-    cfg, params = convert_flow(flow_sd, static_chunk_size=5, decoder_heads=4)
+    cfg, params = convert_flow(flow_sd, static_chunk_size=5, decoder_heads=4, preset="cosyvoice2")
     tokens, emb = proc.random_tokens(40, vocab=100, seed=6), proc.random_embedding(seed=7)
     ref = proc.flow_offline_call(flow, tokens, emb)()
     mel = token2mel(CosyVoice2Flow(cfg), params, tokens, emb).mel
     record("fmjax flow token2mel (convert_flow) vs torch flow.inference", diff(tl(mel), ref), 1e-4,
            note=f"torch mel std {float(ref.std()):.3g}")
-    hcfg, hparams = convert_hift(hift_sd)
+    hcfg, hparams = convert_hift(hift_sd, preset="cosyvoice2")
     mel = np.random.default_rng(8).standard_normal((1, 80, 30)).astype(np.float32)
     rec = proc.hift_recorded(hift, mel)
     wav = hift_decode(hcfg, hparams, tl(mel), rec["source"])
@@ -178,8 +178,8 @@ def check_full(orig, with_fmjax: bool) -> None:
         from fmjax.convert.flow import convert_flow
         from fmjax.models.flow import Token2MelConfig
 
-        cfg, params = convert_flow(sd)
-        record("full fmjax convert_flow(torch state dict)", None, None,
+        cfg, params = convert_flow(sd, preset="cosyvoice2")
+        record("full fmjax convert_flow(torch state dict, preset="cosyvoice2")", None, None,
                cfg == Token2MelConfig() and count_parameters(params) == 112_549_360, "default config, all params")
         del params
     record("full flow params 112,549,360", None, None, build.n_params(flow) == 112_549_360, str(build.n_params(flow)))
@@ -197,7 +197,7 @@ def check_full(orig, with_fmjax: bool) -> None:
         from fmjax.models.causal_unet import CausalConditionalDecoder
 
         tl = lambda a: np.swapaxes(np.asarray(a), -1, -2)  # noqa: E731
-        cfg, params = convert_causal_unet(sd)
+        cfg, params = convert_causal_unet(sd, preset="cosyvoice2")
         cond = MelCond(tl(inp["mu"]), inp["spks"], tl(inp["cond"]), inp["mask"][:, 0])
         v = CausalConditionalDecoder(cfg).apply(params, tl(inp["x"]), cond, jnp.asarray(inp["t"]))[0]
         record("full fmjax estimator vs torch (2, 80, 20)", diff(tl(v), y), 1e-4,
@@ -213,8 +213,8 @@ def check_full(orig, with_fmjax: bool) -> None:
         from fmjax.convert.hift import convert_hift
         from fmjax.models.hift import HiFTConfig
 
-        cfg, _ = convert_hift(sd)
-        record("full fmjax convert_hift(torch state dict)", None, None, cfg == HiFTConfig(), str(cfg)[:60])
+        cfg, _ = convert_hift(sd, preset="cosyvoice2")
+        record("full fmjax convert_hift(torch state dict, preset="cosyvoice2")", None, None, cfg == HiFTConfig(), str(cfg)[:60])
     record("full HiFT params 20,821,295", None, None, build.n_params(hift) == 20_821_295, str(build.n_params(hift)))
     speech, source = proc.hift_call(hift, np.random.default_rng(0).standard_normal((1, 80, 10), np.float32))()
     record("full HiFT inference 10 frames -> 4800 samples", None, None, tuple(speech.shape) == (1, 4800),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 
 from fmjax.convert.common import StateDictReader, float32_params, load_state_dict
+from fmjax.convert.settings import resolve_settings
 from fmjax.models.causal_unet import CausalUNetConfig
 
 FLOW_PREFIX = "decoder.estimator."
@@ -34,10 +35,11 @@ FLOW_PREFIX = "decoder.estimator."
 def convert_causal_unet(
     source,
     *,
-    num_heads: int = 8,
-    chunk_size: int = 50,
-    num_left_chunks: int = -1,
+    num_heads: int | None = None,
+    chunk_size: int | None = None,
+    num_left_chunks: int | None = None,
     activation: str | None = None,
+    preset: str | None = None, cosyvoice_yaml=None,
 ) -> tuple[CausalUNetConfig, dict]:
     """Converts a CosyVoice2 estimator state dict.
 
@@ -47,6 +49,9 @@ def convert_causal_unet(
       num_heads: attention heads (8 in CosyVoice2, 4 in the small fixtures); the head width is inferred.
       chunk_size, num_left_chunks: streaming chunk mask (50 frames and -1 in CosyVoice2).
       activation: feed-forward activation; default ``"snakebeta"`` when ``ff.net.0.alpha`` exists, else ``"gelu"``.
+      preset, cosyvoice_yaml: where the settings the tensors cannot tell come from when not given: the released
+        model's values (``"cosyvoice2"``, ``"cosyvoice3"``) or the model directory's CosyVoice YAML; a setting found
+        nowhere raises ``ValueError`` naming it (see :mod:`fmjax.convert.settings`).
 
     Returns:
       ``(config, {"params": ...})`` ready for ``CausalConditionalDecoder(config).apply``.
@@ -55,6 +60,10 @@ def convert_causal_unet(
       StateDictError: listing every missing, unexpected and mis-shaped key.
       ValueError: sizes that do not form a valid config.
     """
+    chosen = resolve_settings("convert_causal_unet", dict(num_heads=num_heads, chunk_size=chunk_size,
+                                                          num_left_chunks=num_left_chunks),
+                              preset=preset, cosyvoice_yaml=cosyvoice_yaml)
+    num_heads, chunk_size, num_left_chunks = chosen["num_heads"], chosen["chunk_size"], chosen["num_left_chunks"]
     sd = load_state_dict(source)
     if any(k.startswith(FLOW_PREFIX) for k in sd):
         sd = {k[len(FLOW_PREFIX):]: v for k, v in sd.items() if k.startswith(FLOW_PREFIX)}

@@ -29,6 +29,7 @@ import re
 import numpy as np
 
 from fmjax.convert.common import StateDictError, StateDictReader, float32_params, load_state_dict
+from fmjax.convert.settings import resolve_settings
 from fmjax.models.dit import TIME_FREQ_DIM, DiTConfig
 from fmjax.nn.rotary import rotary_inv_freq
 
@@ -37,7 +38,8 @@ _WHAT = "CosyVoice3 DiT"
 
 
 def convert_dit(
-    source, *, mu_dim: int | None = None, chunk_size: int = 50, num_left_chunks: int = -1
+    source, *, mu_dim: int | None = None, chunk_size: int | None = None, num_left_chunks: int | None = None,
+    preset: str | None = None, cosyvoice_yaml=None,
 ) -> tuple[DiTConfig, dict]:
     """Converts a CosyVoice3 DiT estimator state dict.
 
@@ -46,6 +48,9 @@ def convert_dit(
         ``decoder.estimator.`` prefix of a whole flow (other keys are then ignored) or none.
       mu_dim: width of ``mu`` in the packed input (default: ``mel_dim``, as CosyVoice3); ``spk_dim`` is the rest.
       chunk_size, num_left_chunks: streaming chunk mask (50 frames and -1 in CosyVoice3).
+      preset, cosyvoice_yaml: where the settings the tensors cannot tell come from when not given: the released
+        model's values (``"cosyvoice2"``, ``"cosyvoice3"``) or the model directory's CosyVoice YAML; a setting found
+        nowhere raises ``ValueError`` naming it (see :mod:`fmjax.convert.settings`).
 
     Returns:
       ``(config, {"params": ...})`` ready for ``DiT(config).apply``.
@@ -54,6 +59,9 @@ def convert_dit(
       StateDictError: listing every missing, unexpected and mis-shaped key, or a wrong ``inv_freq``.
       ValueError: sizes that do not form a valid config.
     """
+    chosen = resolve_settings("convert_dit", dict(chunk_size=chunk_size, num_left_chunks=num_left_chunks),
+                              preset=preset, cosyvoice_yaml=cosyvoice_yaml)
+    chunk_size, num_left_chunks = chosen["chunk_size"], chosen["num_left_chunks"]
     sd = load_state_dict(source)
     if any(k.startswith(FLOW_PREFIX) for k in sd):
         sd = {k[len(FLOW_PREFIX):]: v for k, v in sd.items() if k.startswith(FLOW_PREFIX)}

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
+from fmjax.convert.settings import resolve_settings
 from fmjax.models.encoder import EncoderConfig
 
 TOKEN_EMBEDDING_KEY = "input_embedding.weight"
@@ -151,8 +152,9 @@ def convert_encoder(
     *,
     prefix: str = "encoder.",
     token_embedding: str | None = TOKEN_EMBEDDING_KEY,
-    static_chunk_size: int = 25,
-    num_left_chunks: int = -1,
+    static_chunk_size: int | None = None,
+    num_left_chunks: int | None = None,
+    preset: str | None = None, cosyvoice_yaml=None,
 ) -> ConvertedEncoder:
     """Converts the encoder (and the token embedding) of a CosyVoice2 flow state dict.
 
@@ -162,10 +164,17 @@ def convert_encoder(
       prefix: where the encoder's tensors live.
       token_embedding: key of the token table, or None to skip it.
       static_chunk_size, num_left_chunks: streaming chunk settings (not stored in checkpoints).
+      preset, cosyvoice_yaml: where the settings the tensors cannot tell come from when not given: the released
+        model's values (``"cosyvoice2"``, ``"cosyvoice3"``) or the model directory's CosyVoice YAML; a setting found
+        nowhere raises ``ValueError`` naming it (see :mod:`fmjax.convert.settings`).
 
     Raises:
       StateDictError: listing every missing, unexpected (under ``prefix``) and mis-shaped key.
     """
+    chosen = resolve_settings("convert_encoder", dict(static_chunk_size=static_chunk_size,
+                                                      num_left_chunks=num_left_chunks),
+                              preset=preset, cosyvoice_yaml=cosyvoice_yaml)
+    static_chunk_size, num_left_chunks = chosen["static_chunk_size"], chosen["num_left_chunks"]
     state = load_state_dict(source)
     keep = {k: v for k, v in state.items() if k.startswith(prefix) or k == token_embedding}
     reader = StateDictReader(keep, what="CosyVoice2 UpsampleConformerEncoder")

@@ -12,9 +12,11 @@ torch                                Flax (``params/...``)
 ``decoder.estimator.*``              ``decoder/...`` (see :mod:`fmjax.convert.causal_unet`)
 ===================================  ===============================================================
 
-Sizes are inferred from the shapes. Three settings are not stored in a checkpoint and are arguments: the
-streaming chunk (``static_chunk_size`` tokens; the estimator's chunk is ``token_mel_ratio`` times that), the
-left-chunk count, and the estimator's attention head count. Every key is validated; one
+Sizes are inferred from the shapes. Three settings are not stored in a checkpoint: the streaming chunk
+(``static_chunk_size`` tokens; the estimator's chunk is ``token_mel_ratio`` times that), the left-chunk count, and the
+estimator's attention head count. They are arguments, or read from the model directory's ``cosyvoice2.yaml``
+(``cosyvoice_yaml=``), or the released model's (``preset="cosyvoice2"``): never a silent default
+(:mod:`fmjax.convert.settings`). Every key is validated; one
 :class:`~fmjax.convert.common.StateDictError` names all missing, unexpected and mis-shaped keys of the flow and
 its estimator.
 
@@ -32,13 +34,15 @@ import numpy as np
 from fmjax import checkpoint as _ckpt
 from fmjax.convert.causal_unet import FLOW_PREFIX, convert_causal_unet
 from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
+from fmjax.convert.settings import resolve_settings
 from fmjax.convert.encoder import encoder_config_from_state_dict, read_encoder_params, read_token_embedding
 from fmjax.models.flow import Token2MelConfig
 
 __all__ = ["convert_flow", "save_flow_checkpoint", "load_flow_checkpoint", "config_to_dict", "config_from_dict"]
 
 def convert_flow(
-    source, *, static_chunk_size: int = 25, num_left_chunks: int = -1, decoder_heads: int = 8
+    source, *, static_chunk_size: int | None = None, num_left_chunks: int | None = None,
+    decoder_heads: int | None = None, preset: str | None = None, cosyvoice_yaml=None,
 ) -> tuple[Token2MelConfig, dict]:
     """Converts a CosyVoice2 flow state dict.
 
@@ -48,6 +52,9 @@ def convert_flow(
       static_chunk_size: streaming chunk ``C`` in tokens (CosyVoice2: 25; the small fixtures: 5).
       num_left_chunks: left chunks a chunk sees, ``-1`` = all (CosyVoice2 HEAD).
       decoder_heads: attention heads of the estimator (CosyVoice2: 8; the small fixtures: 4).
+      preset, cosyvoice_yaml: where the settings the tensors cannot tell come from when not given: the released
+        model's values (``"cosyvoice2"``, ``"cosyvoice3"``) or the model directory's CosyVoice YAML; a setting found
+        nowhere raises ``ValueError`` naming it (see :mod:`fmjax.convert.settings`).
 
     Returns:
       ``(config, {"params": ...})`` for ``CosyVoice2Flow(config).apply``.
@@ -55,6 +62,11 @@ def convert_flow(
     Raises:
       StateDictError: naming every missing, unexpected and mis-shaped key.
     """
+    chosen = resolve_settings("convert_flow", dict(static_chunk_size=static_chunk_size, num_left_chunks=num_left_chunks,
+                                                   decoder_heads=decoder_heads),
+                              preset=preset, cosyvoice_yaml=cosyvoice_yaml)
+    static_chunk_size, num_left_chunks = chosen["static_chunk_size"], chosen["num_left_chunks"]
+    decoder_heads = chosen["decoder_heads"]
     state = load_state_dict(source)
     estimator_sd = {k: v for k, v in state.items() if k.startswith(FLOW_PREFIX)}
     reader = StateDictReader(

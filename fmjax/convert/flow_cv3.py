@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from fmjax.convert.settings import resolve_settings
 from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
 from fmjax.convert.dit import FLOW_PREFIX, convert_dit
 from fmjax.models.encoder import LOOKAHEAD_CONV2_KERNEL
@@ -31,7 +32,8 @@ _WHAT = "CosyVoice3 flow"
 
 
 def convert_flow_cv3(
-    source, *, chunk_size: int = 25, num_left_chunks: int = -1, token_mel_ratio: int = 2
+    source, *, chunk_size: int | None = None, num_left_chunks: int | None = None, token_mel_ratio: int | None = None,
+    preset: str | None = None, cosyvoice_yaml=None,
 ) -> tuple[CosyVoice3FlowConfig, dict]:
     """Converts a CosyVoice3 flow state dict (``CausalMaskedDiffWithDiT``).
 
@@ -40,6 +42,9 @@ def convert_flow_cv3(
       chunk_size: streaming chunk ``C`` in tokens (CosyVoice3: 25; the small fixture: 5).
       num_left_chunks: left chunks a chunk sees, ``-1`` = all.
       token_mel_ratio: mel frames per token (2).
+      preset, cosyvoice_yaml: where the settings the tensors cannot tell come from when not given: the released
+        model's values (``"cosyvoice2"``, ``"cosyvoice3"``) or the model directory's CosyVoice YAML; a setting found
+        nowhere raises ``ValueError`` naming it (see :mod:`fmjax.convert.settings`).
 
     Returns:
       ``(config, {"params": ...})`` for ``CosyVoice3Flow(config).apply``.
@@ -47,6 +52,11 @@ def convert_flow_cv3(
     Raises:
       StateDictError: naming every missing, unexpected and mis-shaped key.
     """
+    chosen = resolve_settings("convert_flow_cv3", dict(static_chunk_size=chunk_size, num_left_chunks=num_left_chunks,
+                                                       token_mel_ratio=token_mel_ratio),
+                              preset=preset, cosyvoice_yaml=cosyvoice_yaml)
+    chunk_size, num_left_chunks = chosen["static_chunk_size"], chosen["num_left_chunks"]
+    token_mel_ratio = chosen["token_mel_ratio"]
     state = load_state_dict(source)
     estimator_sd = {k: v for k, v in state.items() if k.startswith(FLOW_PREFIX)}
     reader = StateDictReader({k: v for k, v in state.items() if not k.startswith(FLOW_PREFIX)}, what=_WHAT)

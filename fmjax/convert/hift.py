@@ -17,6 +17,7 @@ import re
 import jax
 import numpy as np
 
+from fmjax.convert.settings import resolve_settings
 from fmjax.convert.common import StateDictError, StateDictReader, load_state_dict
 from fmjax.models.hift import HiFTConfig, param_shapes
 
@@ -135,9 +136,10 @@ def convert_hift(
     *,
     config: HiFTConfig | None = None,
     prefix: str = "",
-    sampling_rate: int = 24000,
-    samples_per_frame: int = 480,
-    hop_length: int = 4,
+    sampling_rate: int | None = None,
+    samples_per_frame: int | None = None,
+    hop_length: int | None = None,
+    preset: str | None = None, cosyvoice_yaml=None,
 ):
     """Loads a HiFT checkpoint (``hift.pt`` path, ``.npz``, ``.safetensors`` or a mapping) -> ``(config, params)``.
 
@@ -145,13 +147,21 @@ def convert_hift(
       source: anything :func:`fmjax.convert.common.load_state_dict` reads.
       config: use this config instead of inferring one (its shapes are still checked against the tensors).
       prefix: keep only keys under this prefix (e.g. ``"generator."``), with the prefix removed.
-      sampling_rate, samples_per_frame, hop_length: see :func:`infer_hift_config`.
+      sampling_rate, samples_per_frame, hop_length: see :func:`infer_hift_config` (not needed with ``config``).
+      preset, cosyvoice_yaml: where the settings the tensors cannot tell come from when not given: the released
+        model's values (``"cosyvoice2"``, ``"cosyvoice3"``) or the model directory's CosyVoice YAML; a setting found
+        nowhere raises ``ValueError`` naming it (see :mod:`fmjax.convert.settings`).
 
     Raises:
       StateDictError: listing every missing, unexpected and mis-shaped tensor.
     """
     sd = StateDictReader(load_state_dict(source, prefix=prefix), what="HiFTGenerator")
     if config is None:
+        chosen = resolve_settings("convert_hift", dict(sampling_rate=sampling_rate, samples_per_frame=samples_per_frame,
+                                                       hop_length=hop_length),
+                                  preset=preset, cosyvoice_yaml=cosyvoice_yaml)
+        sampling_rate, samples_per_frame, hop_length = (chosen[k] for k in ("sampling_rate", "samples_per_frame",
+                                                                             "hop_length"))
         config = infer_hift_config(
             sd, sampling_rate=sampling_rate, samples_per_frame=samples_per_frame, hop_length=hop_length
         )

@@ -18,7 +18,7 @@ def small_sd():
 
 
 def test_convert_infers_the_small_config(small_sd):
-    cfg, params = convert_causal_unet(SMALL, num_heads=4, chunk_size=10)
+    cfg, params = convert_causal_unet(SMALL, num_heads=4, chunk_size=10, preset="cosyvoice2")
     assert cfg == CausalUNetConfig(channels=64, n_blocks=1, num_mid_blocks=2, num_heads=4, head_dim=32,
                                    chunk_size=10)
     p = params["params"]
@@ -32,8 +32,8 @@ def test_convert_infers_the_small_config(small_sd):
 
 
 def test_convert_accepts_names_without_prefix(small_sd):
-    _, with_prefix = convert_causal_unet(SMALL, num_heads=4)
-    _, without = convert_causal_unet(small_sd, num_heads=4)
+    _, with_prefix = convert_causal_unet(SMALL, num_heads=4, preset="cosyvoice2")
+    _, without = convert_causal_unet(small_sd, num_heads=4, preset="cosyvoice2")
     np.testing.assert_array_equal(with_prefix["params"]["final_proj"]["kernel"], without["params"]["final_proj"]["kernel"])
 
 
@@ -43,7 +43,7 @@ def test_convert_names_every_bad_key(small_sd):
     sd["up_blocks.0.0.res_conv.weight"] = np.zeros((64, 100, 1), np.float32)
     sd["something.extra"] = np.zeros(3, np.float32)
     with pytest.raises(StateDictError) as e:
-        convert_causal_unet(sd, num_heads=4)
+        convert_causal_unet(sd, num_heads=4, preset="cosyvoice2")
     msg = str(e.value)
     assert "missing keys (1): mid_blocks.1.1.0.norm3.bias (expected shape (64,))" in msg
     assert "up_blocks.0.0.res_conv.weight: expected shape (64, 128, 1), got (64, 100, 1)" in msg
@@ -53,8 +53,8 @@ def test_convert_names_every_bad_key(small_sd):
 def test_convert_errors_when_sizes_cannot_be_inferred(small_sd):
     sd = {k: v for k, v in small_sd.items() if k != "final_proj.weight"}
     with pytest.raises(StateDictError, match="final_proj.weight"):
-        convert_causal_unet(sd, num_heads=4)
+        convert_causal_unet(sd, num_heads=4, preset="cosyvoice2")
     with pytest.raises(ValueError, match="num_heads=3"):
-        convert_causal_unet(small_sd, num_heads=3)
+        convert_causal_unet(small_sd, num_heads=3, preset="cosyvoice2")
     with pytest.raises(ValueError, match="down_blocks.1"):
-        convert_causal_unet({**small_sd, "down_blocks.1.0.mlp.1.bias": np.zeros(64, np.float32)}, num_heads=4)
+        convert_causal_unet({**small_sd, "down_blocks.1.0.mlp.1.bias": np.zeros(64, np.float32)}, num_heads=4, preset="cosyvoice2")

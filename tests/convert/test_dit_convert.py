@@ -47,7 +47,7 @@ def torch_state_dict(cfg: DiTConfig, *, rng=None, base=10000.0) -> dict:
 def test_dit_convert_flow_prefix_reproduces_every_estimator_call(fixture):
     """``decoder.estimator.*`` of the small CosyVoice3 flow: the 10 recorded CFG estimator calls of
     ``flow.inference`` (row 0 conditioned, row 1 with mu/spks/cond zeroed) reproduce ``est_out``."""
-    cfg, params = convert_dit(FIXTURES / "cv3_flow_small_state_dict.npz", chunk_size=10)
+    cfg, params = convert_dit(FIXTURES / "cv3_flow_small_state_dict.npz", chunk_size=10, preset="cosyvoice3")
     assert cfg == DiTConfig(dim=64, depth=2, heads=4, dim_head=16, ff_mult=2, chunk_size=10)
     f = fixture("cv3_flow_infer_full.npz")
     mu, prompt = (jnp.asarray(f[k].transpose(0, 2, 1)) for k in ("aux/mu", "aux/cond"))
@@ -67,7 +67,7 @@ def test_dit_convert_infers_config_and_layouts():
                     chunk_size=8, num_left_chunks=1, conv_pos_kernel=15, conv_pos_groups=8)
     sd = torch_state_dict(cfg, rng=np.random.default_rng(0))
     got, params = convert_dit({"decoder.estimator." + k: v for k, v in sd.items()} | {"decoder.other.w": np.ones(2)},
-                              mu_dim=64, chunk_size=8, num_left_chunks=1)
+                              mu_dim=64, chunk_size=8, num_left_chunks=1, preset="cosyvoice3")
     assert got == cfg
     p = params["params"]
     np.testing.assert_array_equal(p["blocks_2"]["attn"]["to_q"]["kernel"], sd["transformer_blocks.2.attn.to_q.weight"].T)
@@ -85,7 +85,7 @@ def test_dit_convert_infers_config_and_layouts():
 
 def test_dit_convert_full_size_shapes():
     cfg = DiTConfig(depth=2)  # full widths; 2 of the 22 blocks (the 22-block state dict is 1.3 GB)
-    got, params = convert_dit(torch_state_dict(cfg))
+    got, params = convert_dit(torch_state_dict(cfg), preset="cosyvoice3")
     assert got == cfg
     assert count_parameters(params) == 331_142_224 - 20 * 14_693_376  # SPEC §8 total minus 20 blocks
 
@@ -98,17 +98,17 @@ def test_dit_convert_names_bad_keys():
     broken["norm_out.linear.bias"] = np.zeros(63, np.float32)
     broken["long_skip_connection.weight"] = np.zeros((32, 64), np.float32)
     with pytest.raises(StateDictError) as e:
-        convert_dit(broken)
+        convert_dit(broken, preset="cosyvoice3")
     msg = str(e.value)
     assert "missing keys (1): transformer_blocks.1.attn.to_k.bias (expected shape (16,))" in msg
     assert "norm_out.linear.bias: expected shape (64,), got (63,)" in msg
     assert "unexpected keys (1): long_skip_connection.weight" in msg
 
     with pytest.raises(StateDictError, match="cannot infer its sizes, missing keys \\(1\\): proj_out.weight"):
-        convert_dit({k: v for k, v in sd.items() if k != "proj_out.weight"})
+        convert_dit({k: v for k, v in sd.items() if k != "proj_out.weight"}, preset="cosyvoice3")
     with pytest.raises(StateDictError, match="rotary_embed.inv_freq is not 10000"):
-        convert_dit(torch_state_dict(cfg, base=1e5))
+        convert_dit(torch_state_dict(cfg, base=1e5), preset="cosyvoice3")
     with pytest.raises(ValueError, match="input width 32 cannot hold"):
-        convert_dit(sd, mu_dim=20)
+        convert_dit(sd, mu_dim=20, preset="cosyvoice3")
     with pytest.raises(ValueError, match="no tensors found with prefix"):
-        convert_dit({})
+        convert_dit({}, preset="cosyvoice3")

@@ -28,7 +28,7 @@ def _shapes(tree):
 
 def test_convert_encoder_small_fixture_config_and_layout():
     state = _small_state()
-    conv = convert_encoder(SMALL, static_chunk_size=5)
+    conv = convert_encoder(SMALL, static_chunk_size=5, preset="cosyvoice2")
     assert conv.config == EncoderConfig(
         input_size=64, output_size=64, heads=2, linear_units=128, num_blocks=2, num_up_blocks=4,
         pre_lookahead_len=3, lookahead_channels=64, static_chunk_size=5, num_left_chunks=-1, upsample_stride=2,
@@ -48,7 +48,7 @@ def test_convert_encoder_small_fixture_config_and_layout():
     np.testing.assert_array_equal(p["after_norm"]["scale"], state["encoder.after_norm.weight"])
     assert conv.vocab_size == 100
     np.testing.assert_array_equal(conv.token_params["params"]["embedding"], state["input_embedding.weight"])
-    assert convert_encoder(state, token_embedding=None).token_params is None
+    assert convert_encoder(state, token_embedding=None, preset="cosyvoice2").token_params is None
 
 
 def _full_size_state(seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,7 +74,7 @@ def _full_size_state(seed: int = 0) -> dict[str, np.ndarray]:
 def test_convert_encoder_full_size_builds_and_runs():
     """The full-size shapes convert (37,831,168 encoder params), run offline and one streaming step; a single
     final step over a short stream equals the offline chunk-masked encoder."""
-    conv = convert_encoder(_full_size_state())
+    conv = convert_encoder(_full_size_state(), preset="cosyvoice2")
     assert conv.config == EncoderConfig()
     assert count_parameters(conv.params) == 37_831_168
     assert conv.vocab_size == 6561
@@ -102,7 +102,7 @@ def test_convert_encoder_names_missing_unexpected_and_misshaped_keys():
     state["encoder.up_layer.conv.bias"] = np.zeros(65, np.float32)
     del state["input_embedding.weight"]
     with pytest.raises(StateDictError) as info:
-        convert_encoder(state)
+        convert_encoder(state, preset="cosyvoice2")
     msg = str(info.value)
     assert "missing keys (2): encoder.encoders.1.norm_ff.bias (expected shape (64,)), input_embedding.weight" in msg
     assert "unexpected keys (1): encoder.encoders.0.self_attn.extra" in msg
@@ -113,7 +113,7 @@ def test_convert_encoder_missing_key_needed_for_sizes():
     state = _small_state()
     del state["encoder.embed.out.0.weight"]
     with pytest.raises(StateDictError, match=r"missing key encoder\.embed\.out\.0\.weight \(needed to infer sizes\)"):
-        convert_encoder(state)
+        convert_encoder(state, preset="cosyvoice2")
 
 
 def test_convert_encoder_ignores_other_flow_keys():
@@ -121,7 +121,7 @@ def test_convert_encoder_ignores_other_flow_keys():
     state = _small_state()
     assert any(k.startswith("decoder.") for k in state)
     only = {k: v for k, v in state.items() if k.startswith("encoder.") or k == "input_embedding.weight"}
-    a, b = convert_encoder(state), convert_encoder(only)
+    a, b = convert_encoder(state, preset="cosyvoice2"), convert_encoder(only, preset="cosyvoice2")
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a.params, b.params))
 
 
@@ -131,6 +131,6 @@ def test_convert_encoder_from_torch_checkpoint(tmp_path):
     state = _small_state()
     path = tmp_path / "flow.pt"
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-    a, b = convert_encoder(path, static_chunk_size=5), convert_encoder(SMALL, static_chunk_size=5)
+    a, b = convert_encoder(path, static_chunk_size=5, preset="cosyvoice2"), convert_encoder(SMALL, static_chunk_size=5, preset="cosyvoice2")
     assert a.config == b.config
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a.params, b.params))

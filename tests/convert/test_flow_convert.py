@@ -37,7 +37,7 @@ def _same(a, b) -> bool:
 
 def test_convert_small_fixture_config_and_layout():
     state = _small_state()
-    config, params = convert_flow(SMALL, static_chunk_size=5, decoder_heads=4)
+    config, params = convert_flow(SMALL, static_chunk_size=5, decoder_heads=4, preset="cosyvoice2")
     assert config == Token2MelConfig(
         vocab_size=100, spk_embed_dim=192,
         encoder=EncoderConfig(input_size=64, output_size=64, heads=2, linear_units=128, num_blocks=2,
@@ -80,7 +80,7 @@ def test_convert_full_size_shapes_and_run():
     """1121 tensors / 112,549,360 parameters convert to the default config and run a short input."""
     state = _full_size_state()
     assert len(state) == 1121
-    config, params = convert_flow(state)
+    config, params = convert_flow(state, preset="cosyvoice2")
     del state
     assert config == Token2MelConfig()
     assert count_parameters(params) == 112_549_360
@@ -102,7 +102,7 @@ def test_convert_names_every_bad_key():
     state["decoder.rand_noise"] = np.zeros((1, 80, 4), np.float32)
     state["decoder.estimator.extra"] = np.zeros(1, np.float32)
     with pytest.raises(StateDictError) as info:
-        convert_flow(state, static_chunk_size=5, decoder_heads=4)
+        convert_flow(state, static_chunk_size=5, decoder_heads=4, preset="cosyvoice2")
     msg = str(info.value)
     for name in ("encoder.encoders.1.norm_ff.bias", "mid_blocks.1.0.res_conv.bias", "spk_embed_affine_layer.bias",
                  "final_proj.weight: expected shape (80, 64, 1), got (80, 64, 3)", "encoder_proj.extra",
@@ -115,13 +115,13 @@ def test_convert_names_every_bad_key():
 def test_convert_without_estimator_or_encoder_keys():
     state = _small_state()
     with pytest.raises(StateDictError, match=r"missing keys decoder\.estimator\.\* \(no estimator\)"):
-        convert_flow({k: v for k, v in state.items() if not k.startswith("decoder.")}, static_chunk_size=5)
+        convert_flow({k: v for k, v in state.items() if not k.startswith("decoder.")}, static_chunk_size=5, preset="cosyvoice2")
     with pytest.raises(StateDictError, match=r"encoder\.embed\.out\.0\.weight \(needed to infer sizes\)"):
-        convert_flow({k: v for k, v in state.items() if not k.startswith("encoder.")}, decoder_heads=4)
+        convert_flow({k: v for k, v in state.items() if not k.startswith("encoder.")}, decoder_heads=4, preset="cosyvoice2")
 
 
 def test_checkpoint_round_trip_loads_without_torch(tmp_path):
-    config, params = convert_flow(SMALL, static_chunk_size=5, decoder_heads=4)
+    config, params = convert_flow(SMALL, static_chunk_size=5, decoder_heads=4, preset="cosyvoice2")
     path = save_flow_checkpoint(tmp_path / "ckpt", config, params)
     loaded_config, loaded = load_flow_checkpoint(path)
     assert loaded_config == config
@@ -157,6 +157,46 @@ def test_convert_from_torch_checkpoint(tmp_path):
     torch = pytest.importorskip("torch")
     path = tmp_path / "flow.pt"
     torch.save({k: torch.from_numpy(v) for k, v in _small_state().items()}, path)
-    a = convert_flow(path, static_chunk_size=5, decoder_heads=4)
-    b = convert_flow(SMALL, static_chunk_size=5, decoder_heads=4)
+    a = convert_flow(path, static_chunk_size=5, decoder_heads=4, preset="cosyvoice2")
+    b = convert_flow(SMALL, static_chunk_size=5, decoder_heads=4, preset="cosyvoice2")
     assert a[0] == b[0] and _same(a[1], b[1])
+
+
+YAML = """# a CosyVoice2-style config (hyperpyyaml tags)
+sample_rate: 24000
+token_mel_ratio: 2
+chunk_size: 5
+num_decoding_left_chunks: -1
+flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec
+    decoder: !new:cosyvoice.flow.flow_matching.CausalConditionalCFM
+        estimator: !new:cosyvoice.flow.decoder.CausalConditionalDecoder
+            num_heads: 4
+            static_chunk_size: !ref <chunk_size> * <token_mel_ratio>
+hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
+    upsample_rates: [8, 5, 3]
+    istft_params:
+        n_fft: 16
+        hop_len: 4
+"""
+
+
+def test_settings_shapes_cannot_tell_are_never_guessed(tmp_path):
+    """The head count, chunk and left chunks are not in the tensors: without them (or a YAML / preset) the converter
+    raises naming each argument; given by argument, YAML or preset, the result is the same converted model."""
+    with pytest.raises(ValueError, match=r"convert_flow: .*decoder_heads: not stored in the state dict"):
+        convert_flow(SMALL, static_chunk_size=5, num_left_chunks=-1)
+    with pytest.raises(ValueError, match=r"static_chunk_size: not stored.*num_left_chunks: not stored"):
+        convert_flow(SMALL, decoder_heads=4)
+    given, p_given = convert_flow(SMALL, static_chunk_size=5, num_left_chunks=-1, decoder_heads=4)
+    (tmp_path / "cosyvoice2.yaml").write_text(YAML)
+    from_yaml, p_yaml = convert_flow(SMALL, cosyvoice_yaml=tmp_path / "cosyvoice2.yaml")
+    assert given == from_yaml and given.estimator.num_heads == 4 and given.chunk_size == 5
+    np.testing.assert_array_equal(p_given["params"]["decoder"]["mid_0"]["tf_0"]["attn1"]["to_q"]["kernel"],
+                                  p_yaml["params"]["decoder"]["mid_0"]["tf_0"]["attn1"]["to_q"]["kernel"])
+    # the released model's values: the preset (the 4 heads of the small fixture then give another head width)
+    released, _ = convert_flow(SMALL, preset="cosyvoice2")
+    assert (released.estimator.num_heads, released.chunk_size) == (8, 25)
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        convert_flow(SMALL, preset="cosyvoice9")
+    with pytest.raises(FileNotFoundError, match="cosyvoice_yaml: cannot read"):
+        convert_flow(SMALL, cosyvoice_yaml=tmp_path / "missing.yaml")

@@ -37,7 +37,7 @@ def _flax_kernel(params, torch_name):
 def test_hift_convert_folds_weight_norm(fixture):
     sd = fixture("hift_small_state_dict.npz")
     eff = fixture("hift_small_effective_weights.npz")
-    cfg, params = convert_hift(sd)
+    cfg, params = convert_hift(sd, preset="cosyvoice2")
     assert cfg == HiFTConfig.small()
     assert len(eff) == 82
     for name, w in eff.items():
@@ -54,7 +54,7 @@ def test_hift_convert_folds_weight_norm(fixture):
 
 def test_hift_convert_accepts_old_weight_norm_names_and_folded_weights(fixture):
     sd = fixture("hift_small_state_dict.npz")
-    _, ref = convert_hift(sd)
+    _, ref = convert_hift(sd, preset="cosyvoice2")
     old = {k.replace(f"{WN}0", ".weight_g").replace(f"{WN}1", ".weight_v"): v for k, v in sd.items()}
     folded = {}
     for k, v in sd.items():
@@ -66,7 +66,7 @@ def test_hift_convert_accepts_old_weight_norm_names_and_folded_weights(fixture):
         else:
             folded[k] = v
     for variant in (old, folded):
-        _, params = convert_hift(variant)
+        _, params = convert_hift(variant, preset="cosyvoice2")
         for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(params)):
             np.testing.assert_array_equal(a, b)
 
@@ -83,7 +83,7 @@ def test_hift_convert_reports_every_bad_key(fixture):
     assert "conv_post.bias: expected shape (18,), got (17,)" in msg
     assert "unexpected keys (1): extra.weight" in msg
     with pytest.raises(StateDictError, match="does not look like a HiFTGenerator"):
-        convert_hift({"foo.weight": np.zeros(2, np.float32)})
+        convert_hift({"foo.weight": np.zeros(2, np.float32)}, preset="cosyvoice2")
 
 
 def test_hift_convert_infers_cosyvoice1_rates():
@@ -123,7 +123,7 @@ def test_hift_convert_full_size_loads_and_runs(tmp_path):
     from safetensors.numpy import save_file
 
     save_file(sd, str(tmp_path / "hift.safetensors"))
-    cfg, params = convert_hift(tmp_path / "hift.safetensors")
+    cfg, params = convert_hift(tmp_path / "hift.safetensors", preset="cosyvoice2")
     assert cfg == HiFTConfig()
     n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
     assert n == 20_806_557  # SPEC §6: 20,821,295 stored minus 14,738 weight-norm g entries

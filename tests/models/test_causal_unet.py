@@ -58,7 +58,7 @@ def tiny_params(cfg=TINY, seed=1):
 @pytest.mark.parametrize("name,streaming", [("est_full.npz", False), ("est_stream.npz", True)])
 def test_causal_unet_matches_cosyvoice2(fixture, name, streaming):
     f = fixture(name)
-    cfg, params = convert_causal_unet(FIXTURES / "flow_small_state_dict.npz", num_heads=4, chunk_size=10)
+    cfg, params = convert_causal_unet(FIXTURES / "flow_small_state_dict.npz", num_heads=4, chunk_size=10, preset="cosyvoice2")
     b = f["in/x"].shape[0]
     chunk = ChunkSpec.chunked(b, 10) if streaming else ChunkSpec.full(b)  # chunk masks as data
     cond = MelCond(_tl(f["in/mu"]), jnp.asarray(f["in/spks"]), _tl(f["in/cond"]), jnp.asarray(f["in/mask"][:, 0]),
@@ -197,7 +197,7 @@ def _random_full_state_dict():
 
 @pytest.mark.slow
 def test_causal_unet_full_size_builds_and_streams():
-    cfg, params = convert_causal_unet(_random_full_state_dict())
+    cfg, params = convert_causal_unet(_random_full_state_dict(), preset="cosyvoice2")
     assert cfg == CausalUNetConfig()
     assert count_parameters(params) == 71_302_480
     model = CausalConditionalDecoder(cfg)

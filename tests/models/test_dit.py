@@ -64,7 +64,7 @@ def tiny_params(cfg=TINY, seed=1):
 
 @functools.cache
 def _fixture_model():
-    return convert_dit(FIXTURES / "dit_small_state_dict.npz", chunk_size=10)
+    return convert_dit(FIXTURES / "dit_small_state_dict.npz", chunk_size=10, preset="cosyvoice3")
 
 
 def _fixture_call(f, streaming):

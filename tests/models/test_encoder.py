@@ -58,7 +58,7 @@ def _x(seed, b, t, d=TINY.input_size):
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_encoder_matches_torch_fixture(jit):
-    conv = convert_encoder(FIXTURES / "flow_small_state_dict.npz", static_chunk_size=5)
+    conv = convert_encoder(FIXTURES / "flow_small_state_dict.npz", static_chunk_size=5, preset="cosyvoice2")
     f = load_fixture("flow_infer_full.npz")
     tokens = np.concatenate([f["in/prompt_token"], f["in/token"]], axis=1)  # [1, 27]
     emb = TokenEmbedding(conv.vocab_size, conv.config.input_size).apply(conv.token_params, tokens)

@@ -54,7 +54,7 @@ def tiny_flow(chunk: int = 2, left: int = -1, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def small():
-    config, params = convert_flow(SMALL, static_chunk_size=5, decoder_heads=4)
+    config, params = convert_flow(SMALL, static_chunk_size=5, decoder_heads=4, preset="cosyvoice2")
     return CosyVoice2Flow(config), params
 
 

@@ -23,7 +23,7 @@ SMALL = FIXTURES / "cv3_flow_small_state_dict.npz"
 
 @pytest.fixture(scope="module")
 def cv3():
-    config, params = convert_flow_cv3(SMALL, chunk_size=5)
+    config, params = convert_flow_cv3(SMALL, chunk_size=5, preset="cosyvoice3")
     return CosyVoice3Flow(config), params
 
 
@@ -105,7 +105,7 @@ def test_cv3_convert_config_keys_and_checkpoint(cv3, tmp_path):
     bad["decoder.estimator.proj_out.bias"] = np.zeros(81, np.float32)
     bad["extra"] = np.zeros(1, np.float32)
     with pytest.raises(StateDictError) as info:
-        convert_flow_cv3(bad, chunk_size=5)
+        convert_flow_cv3(bad, chunk_size=5, preset="cosyvoice3")
     msg = str(info.value)
     for name in ("pre_lookahead_layer.conv2.bias", "spk_embed_affine_layer.bias: expected shape (80,), got (3,)",
                  "proj_out.bias: expected shape (80,), got (81,)", "unexpected keys (1): extra"):

@@ -15,7 +15,7 @@ AUX_3D = ["s_stft", "conv_pre", "ups0", "ups1", "ups2", "source_downs0", "source
 
 @pytest.fixture
 def small(fixture):
-    cfg, params = convert_hift(fixture("hift_small_state_dict.npz"))
+    cfg, params = convert_hift(fixture("hift_small_state_dict.npz"), preset="cosyvoice2")
     assert cfg == HiFTConfig.small()
     return cfg, params, fixture("hift_infer.npz")
 
