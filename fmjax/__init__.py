@@ -49,7 +49,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = frozenset({
     "ablate", "audio", "checkpoint", "cli", "convert", "data", "griffin_lim", "metrics", "models", "nn", "pipelines",
-    "plotting", "reflow",
+    "meanflow", "plotting", "reflow",
     "signal", "streaming", "token2mel", "token2mel_stream", "token2wav", "toy", "typing", "vocoder_stream",
 })
 

@@ -9,6 +9,13 @@ step. The estimator enters only as a closure:
 
 The grid is data (``[n + 1]``, increasing from 0 to 1): a jitted sampler is compiled once per grid *length*,
 and changing the grid values reuses the compiled code.
+
+A MeanFlow student (:mod:`fmjax.meanflow`) predicts the *average* velocity ``u(x, r, t)`` over a step ``[t, r]``;
+its solver :data:`MEANFLOW` (``"meanflow"``) is Euler's tableau with ``interval=True``: each step calls the
+closure with the step's end as a keyword, ``velocity(t, x, cond, r=t + dt)`` (streaming:
+``velocity(t, x, cond, cache, r=...)``), and steps ``x_r = x_t + (r − t)·u`` -- exact for an exact ``u``, at
+any number of steps. It goes through the same grids, :func:`sample`, :class:`SamplerConfig` and per-step
+streaming caches as the Runge-Kutta solvers (it is kept out of :data:`SOLVERS`, whose closures take no ``r``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from fmjax.timesteps import validate_grid
 from fmjax.typing import Array, Float
 
 __all__ = [
-    "Solver", "EULER", "MIDPOINT", "HEUN", "RK4", "SOLVERS", "get_solver", "rk_step", "rk_step_cached",
+    "Solver", "EULER", "MIDPOINT", "HEUN", "RK4", "MEANFLOW", "SOLVERS", "get_solver", "rk_step", "rk_step_cached",
     "sample", "SampleAux", "classifier_free_guidance", "classifier_free_guidance_cached", "count_nfe",
     "SamplerConfig",
 ]
@@ -43,6 +50,8 @@ class Solver:
       a: lower-triangular stage coefficients; row ``i`` has ``i`` entries.
       b: output weights, one per stage.
       c: stage times as fractions of the step.
+      interval: the closure predicts the average velocity over the step (MeanFlow): every stage gets the step's end
+        ``r = t + dt`` as the keyword ``r``.
     """
 
     name: str
@@ -50,6 +59,7 @@ class Solver:
     a: tuple[tuple[float, ...], ...]
     b: tuple[float, ...]
     c: tuple[float, ...]
+    interval: bool = False
 
     @property
     def stages(self) -> int:
@@ -67,16 +77,21 @@ HEUN = Solver("heun", 2, ((), (1.0,)), (0.5, 0.5), (0.0, 1.0))
 RK4 = Solver(
     "rk4", 4, ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6), (0.0, 0.5, 0.5, 1.0)
 )
+MEANFLOW = Solver("meanflow", 1, ((),), (1.0,), (0.0,), interval=True)
+"""One MeanFlow step per grid interval: ``x_r = x_t + (r − t)·u(x_t, r, t)`` (a student's average velocity)."""
 SOLVERS: dict[str, Solver] = {s.name: s for s in (EULER, MIDPOINT, HEUN, RK4)}
+"""The Runge-Kutta solvers (closures without ``r``)."""
+ALL_SOLVERS: dict[str, Solver] = {**SOLVERS, MEANFLOW.name: MEANFLOW}
 
 
 def get_solver(solver: str | Solver) -> Solver:
-    """Looks a solver up by name (``euler``, ``midpoint``, ``heun``, ``rk4``) or passes a :class:`Solver` through."""
+    """Looks a solver up by name (``euler``, ``midpoint``, ``heun``, ``rk4``, ``meanflow``) or passes a
+    :class:`Solver` through."""
     if isinstance(solver, Solver):
         return solver
-    if isinstance(solver, str) and solver.lower() in SOLVERS:
-        return SOLVERS[solver.lower()]
-    raise ValueError(f"solver: expected one of {sorted(SOLVERS)} or a Solver, got {solver!r}")
+    if isinstance(solver, str) and solver.lower() in ALL_SOLVERS:
+        return ALL_SOLVERS[solver.lower()]
+    raise ValueError(f"solver: expected one of {sorted(ALL_SOLVERS)} or a Solver, got {solver!r}")
 
 
 def _stage_inputs(solver: Solver, dt, x, ks, i):
@@ -110,9 +125,10 @@ def _checked(v, x):
 def rk_step(solver: Solver, velocity: Callable, t, dt, x, cond):
     """One step of ``solver`` from time ``t`` (scalar) by ``dt``: returns x at ``t + dt``. ``x`` is ``[b, ...]``."""
     ks = []
+    end = {"r": _times(t + dt, x)} if solver.interval else {}
     for i in range(solver.stages):
         xi = _stage_inputs(solver, dt, x, ks, i)
-        ks.append(_checked(velocity(_times(t + solver.c[i] * dt, x), xi, cond), x))
+        ks.append(_checked(velocity(_times(t + solver.c[i] * dt, x), xi, cond, **end), x))
     return _combine(solver, dt, x, ks)
 
 
@@ -123,10 +139,11 @@ def rk_step_cached(solver: Solver, velocity: Callable, t, dt, x, cond, caches):
     writes slice ``i``, because each stage sees a different ``x``. Returns ``(x_next, new_caches)``.
     """
     ks, new = [], []
+    end = {"r": _times(t + dt, x)} if solver.interval else {}
     for i in range(solver.stages):
         xi = _stage_inputs(solver, dt, x, ks, i)
         cache_i = jax.tree_util.tree_map(lambda c: c[i], caches)
-        v, cache_i = velocity(_times(t + solver.c[i] * dt, x), xi, cond, cache_i)
+        v, cache_i = velocity(_times(t + solver.c[i] * dt, x), xi, cond, cache_i, **end)
         ks.append(_checked(v, x))
         new.append(cache_i)
     stacked = jax.tree_util.tree_map(lambda *cs: jnp.stack(cs), *new)
@@ -162,7 +179,8 @@ def sample(
       x0: ``[b, ...]`` initial state (the noise sample at t = grid[0]).
       cond: any pytree passed through to ``velocity`` unchanged.
       grid: ``[n + 1]`` increasing times in [0, 1] (see :mod:`fmjax.timesteps`); a traced array is fine.
-      solver: a name (``euler``, ``midpoint``, ``heun``, ``rk4``) or a :class:`Solver`.
+      solver: a name (``euler``, ``midpoint``, ``heun``, ``rk4``; ``meanflow`` for a MeanFlow student's closure
+        ``velocity(t, x, cond, r=...)``) or a :class:`Solver`.
       return_trajectory: also return the state after every step.
       check_inputs: check ``x0`` and the floating leaves of ``cond`` for NaN/inf on the host (one reduction per
         array; skipped for tracers, i.e. when ``sample`` itself runs under jit). On by default; turn off only in a
@@ -219,13 +237,14 @@ def classifier_free_guidance(
     if mode not in ("batch", "two_calls"):
         raise ValueError(f"mode: expected 'batch' or 'two_calls', got {mode!r}")
 
-    def guided(t, x, cond):
+    def guided(t, x, cond, **end):  # end: a MeanFlow step's r, passed through
         if mode == "batch":
             b = x.shape[0]
-            v = velocity(jnp.concatenate([t, t]), jnp.concatenate([x, x]), _pair(cond, null_cond))
+            end2 = {k: jnp.concatenate([e, e]) for k, e in end.items()}
+            v = velocity(jnp.concatenate([t, t]), jnp.concatenate([x, x]), _pair(cond, null_cond), **end2)
             v_c, v_u = v[:b], v[b:]
         else:
-            v_c, v_u = velocity(t, x, cond), velocity(t, x, null_cond(cond))
+            v_c, v_u = velocity(t, x, cond, **end), velocity(t, x, null_cond(cond), **end)
         return (1.0 + weight) * v_c - weight * v_u
 
     return guided
@@ -237,9 +256,10 @@ def classifier_free_guidance_cached(
     """:func:`classifier_free_guidance` (batch doubling) for a streaming velocity
     ``velocity(t, x, cond, cache) -> (v, cache)``; the cache holds ``2b`` rows ``[cond; null]``."""
 
-    def guided(t, x, cond, cache):
+    def guided(t, x, cond, cache, **end):
         b = x.shape[0]
-        v, cache = velocity(jnp.concatenate([t, t]), jnp.concatenate([x, x]), _pair(cond, null_cond), cache)
+        end2 = {k: jnp.concatenate([e, e]) for k, e in end.items()}
+        v, cache = velocity(jnp.concatenate([t, t]), jnp.concatenate([x, x]), _pair(cond, null_cond), cache, **end2)
         return (1.0 + weight) * v[:b] - weight * v[b:], cache
 
     return guided
@@ -260,7 +280,8 @@ class SamplerConfig:
       grid: a grid name (``cosine``, ``linear``, ``sway``, see :func:`fmjax.timesteps.time_grid`) or a tuple of
         ``n_steps + 1`` increasing times from 0 to 1.
       n_steps: ODE steps ``n`` (ignored for an explicit grid, which fixes it).
-      solver: ``euler``, ``midpoint``, ``heun`` or ``rk4``.
+      solver: ``euler``, ``midpoint``, ``heun``, ``rk4``, or ``meanflow`` (a MeanFlow student: one average-velocity
+        step per grid interval, :data:`MEANFLOW`).
       cfg_weight: classifier-free guidance weight ``w`` (CosyVoice: 0.7; 0 = no unconditional pass).
     """
 

@@ -1,7 +1,8 @@
 """Toy 2-D flow matching: distributions, a small MLP velocity model, sample-quality metrics, a quick fit.
 
 Used by the tests, the notebooks and the ablation harness: everything here runs on a laptop CPU in seconds.
-Points are ``[p, 2]`` arrays (``p`` points).
+Points are ``[p, 2]`` arrays (``p`` points). The MeanFlow version (:mod:`fmjax.meanflow`): ``ToyMLP(mean_flow=True)``
+takes the interval end ``r`` and :func:`fit_toy_mean_flow` trains it; sample it with ``solver="meanflow"``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import numpy as np
 import optax
 
 from fmjax.loss import CFMLoss, LossDraws
+from fmjax.meanflow import IntervalSampler, MeanFlowDraws, MeanFlowLoss
 from fmjax.paths import rectified_path
 from fmjax.samplers import classifier_free_guidance, sample
-from fmjax.timesteps import linear_grid
+from fmjax.timesteps import Uniform, linear_grid
 from fmjax.typing import Array, Float, Key
 
 __all__ = [
     "eight_gaussians", "two_moons", "checkerboard", "standard_normal", "DISTRIBUTIONS", "get_distribution",
     "eight_gaussians_labeled", "two_moons_labeled", "LABELED", "get_labeled", "one_hot",
-    "ToyMLP", "sliced_wasserstein", "mmd_rbf", "ToyFit", "fit_toy_flow", "sample_toy", "toy_velocity",
+    "ToyMLP", "sliced_wasserstein", "mmd_rbf", "ToyFit", "fit_toy_flow", "fit_toy_mean_flow", "sample_toy",
+    "toy_velocity",
 ]
 
 
@@ -104,25 +107,32 @@ def get_distribution(name: str) -> Callable:
 
 
 class ToyMLP(nn.Module):
-    """Velocity MLP for 2-D points: ``(t [b], x [b, 2], cond [b, K] | None) -> v [b, 2]``.
+    """Velocity MLP for 2-D points: ``(t [b], x [b, 2], cond [b, K] | None, r [b] | None) -> v [b, 2]``.
 
     ``cond`` is a one-hot class label (zeros = unconditional, the CFG null condition) when ``num_classes > 0``.
+    With ``mean_flow`` the output is the average velocity over ``[t, r]`` (``r`` None = ``t``): the sinusoidal
+    features of ``r − t`` enter the first layer through a zero-initialised ``interval`` projection, so a MeanFlow
+    model initialised from a flow's params (plus that projection) starts as the flow.
 
     Attributes:
-      hidden: width; depth: hidden layers; time_features: sinusoidal features of t; num_classes: K (0 = none).
+      hidden: width; depth: hidden layers; time_features: sinusoidal features of t; num_classes: K (0 = none);
+      mean_flow: take the interval end ``r``.
     """
 
     hidden: int = 128
     depth: int = 3
     time_features: int = 16
     num_classes: int = 0
+    mean_flow: bool = False
 
     @nn.compact
-    def __call__(self, t: Float[Array, "b"], x: Float[Array, "b 2"], cond=None) -> Float[Array, "b 2"]:
+    def __call__(self, t: Float[Array, "b"], x: Float[Array, "b 2"], cond=None, r=None) -> Float[Array, "b 2"]:
         half = self.time_features // 2
         freqs = jnp.exp(jnp.arange(half) * (math.log(100.0) / max(half - 1, 1)))
         ang = t[:, None] * freqs[None, :]  # [b, half]
         feats = [x, jnp.sin(ang), jnp.cos(ang)]
+        if r is not None and not self.mean_flow:
+            raise ValueError("r: this ToyMLP is a plain flow (mean_flow=False) and takes no interval end")
         if self.num_classes:
             if cond is None:
                 cond = jnp.zeros((x.shape[0], self.num_classes), x.dtype)
@@ -131,13 +141,19 @@ class ToyMLP(nn.Module):
             feats.append(cond)
         h = jnp.concatenate(feats, axis=-1)  # [b, 2 + 2 half (+ K)]
         for i in range(self.depth):
-            h = nn.silu(nn.Dense(self.hidden, name=f"dense{i}")(h))
+            h = nn.Dense(self.hidden, name=f"dense{i}")(h)
+            if i == 0 and self.mean_flow:
+                ang_r = ((t if r is None else r) - t)[:, None] * freqs[None, :]  # [b, half]
+                h = h + nn.Dense(self.hidden, use_bias=False, kernel_init=nn.initializers.zeros, name="interval")(
+                    jnp.concatenate([jnp.sin(ang_r), jnp.cos(ang_r)], axis=-1))
+            h = nn.silu(h)
         return nn.Dense(x.shape[-1], name="out")(h)
 
 
 def toy_velocity(model: ToyMLP, params) -> Callable:
-    """The sampler closure ``velocity(t, x, cond)`` of a toy model."""
-    return lambda t, x, cond: model.apply(params, t, x, cond)
+    """The sampler closure ``velocity(t, x, cond, r=None)`` of a toy model (``r``: a MeanFlow model's interval end,
+    passed by the ``meanflow`` solver)."""
+    return lambda t, x, cond, r=None: model.apply(params, t, x, cond, r)
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -202,7 +218,8 @@ def fit_toy_flow(
       source, target: distribution names (see :func:`get_distribution`); x0 is drawn from ``source``.
       steps, batch, lr: optimisation settings.
       model: the MLP (default ``ToyMLP()``, with ``num_classes`` set when ``conditional``).
-      loss: a :class:`CFMLoss` (default: rectified path, uniform t; set ``cfg_rate`` for CFG training).
+      loss: a :class:`CFMLoss` (default: rectified path, uniform t; set ``cfg_rate`` for CFG training), or a
+        :class:`~fmjax.meanflow.MeanFlowLoss` for a MeanFlow model (``model.mean_flow``; see :func:`fit_toy_mean_flow`).
       conditional: condition on the target's class label (one-hot), e.g. which moon.
       couplings: optional fixed pairs ``(x0 [N, 2], x1 [N, 2])`` or ``(x0, x1, cond [N, K])`` to train on instead
         of independent draws (reflow); minibatches are sampled from them with replacement.
@@ -219,6 +236,10 @@ def fit_toy_flow(
     if model.num_classes != num_classes:
         raise ValueError(f"model: expected num_classes={num_classes} for conditional={conditional}, got {model.num_classes}")
     loss = loss or CFMLoss(path=rectified_path())
+    mean = isinstance(loss, MeanFlowLoss)
+    if mean != model.mean_flow:
+        raise ValueError(f"loss: a {'MeanFlowLoss' if mean else 'CFMLoss'} trains a model with mean_flow={mean}, "
+                         f"got mean_flow={model.mean_flow}")
     if couplings is not None:
         pairs = tuple(jnp.asarray(c, jnp.float32) for c in couplings)
         if len(pairs) != (3 if conditional else 2) or pairs[0].shape != pairs[1].shape or pairs[0].ndim != 2:
@@ -248,7 +269,8 @@ def fit_toy_flow(
             x0, x1 = src(k_src, batch), tgt(k_tgt, batch)
 
         def objective(p):
-            value, _ = loss(lambda t, x, c: model.apply(p, t, x, c), x1, None, cond, k_loss, draws=LossDraws(z=x0))
+            draws = MeanFlowDraws(z=x0) if mean else LossDraws(z=x0)
+            value, _ = loss(toy_velocity(model, p), x1, None, cond, k_loss, draws=draws)
             return value
 
         value, grads = jax.value_and_grad(objective)(params)
@@ -258,6 +280,29 @@ def fit_toy_flow(
     run = jax.jit(lambda carry, keys: jax.lax.scan(step, carry, keys))
     (params, _), losses = run((params, opt.init(params)), jax.random.split(k_train, steps))
     return ToyFit(model, params, np.asarray(losses))
+
+
+def fit_toy_mean_flow(
+    key: Key,
+    source: str = "8gaussians",
+    target: str = "moons",
+    *,
+    steps: int = 500,
+    batch: int = 256,
+    lr: float = 3e-3,
+    loss: MeanFlowLoss | None = None,
+    conditional: bool = False,
+    model: ToyMLP | None = None,
+    params=None,
+) -> ToyFit:
+    """Trains a MeanFlow :class:`ToyMLP` (``mean_flow=True``) with :class:`~fmjax.meanflow.MeanFlowLoss` (default:
+    rectified path, uniform ``t``/``r`` pairs with ``r ≠ t`` for half of the rows, adaptive weight ``p = 1``), as
+    :func:`fit_toy_flow` does a flow."""
+    loss = loss or MeanFlowLoss(path=rectified_path(), intervals=IntervalSampler(Uniform(), 0.5))
+    if model is None:
+        model = ToyMLP(num_classes=get_labeled(target)[1] if conditional else 0, mean_flow=True)
+    return fit_toy_flow(key, source, target, steps=steps, batch=batch, lr=lr, model=model, loss=loss,
+                        conditional=conditional, params=params)
 
 
 def sample_toy(

@@ -5,6 +5,8 @@ Layout (SPEC §4 of the CosyVoice2 reference, channels last):
 
 =============  ==========================================================================================
 ``time_mlp``   ``sinusoidal(t·1000, in_channels)`` → Linear → SiLU → Linear (width 4·channels)
+``time_mlp_r`` MeanFlow students only (``mean_flow=True``): the same on the interval length ``r − t``
+               (``cond.r``; None = ``r = t``), its last Linear zero-initialised, added to ``time_mlp``'s output
 pack           ``[x | mu | spks broadcast over t | prompt]`` → ``[b, t, in_channels]``
 ``down``       causal resnet (in → channels) + ``n_blocks`` transformer blocks; kept as the skip
 ``down_conv``  causal conv k=3 on ``h·mask``
@@ -63,6 +65,9 @@ class CausalUNetConfig:
       ff_mult: feed-forward expansion; activation: ``"gelu"`` (exact), ``"gelu_tanh"`` or ``"snakebeta"``.
       chunk_size: ``C`` frames of the streaming chunk mask (50 = 25 tokens × 2).
       num_left_chunks: ``L`` left chunks visible; ``-1`` = all (CosyVoice2 HEAD).
+      mean_flow: a MeanFlow student (:mod:`fmjax.meanflow`): a second time embedding ``time_mlp_r`` of ``r − t``
+        (``cond.r``) predicts the average velocity over ``[t, r]``. False (default, every converted checkpoint) is
+        the plain flow, exactly: no extra parameters, and ``cond.r`` must be None.
     """
 
     mel_dim: int = 80
@@ -78,11 +83,15 @@ class CausalUNetConfig:
     activation: str = "gelu"
     chunk_size: int = 50
     num_left_chunks: int = -1
+    mean_flow: bool = False
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "activation":
+            if f.name == "mean_flow":
+                if not isinstance(value, bool):
+                    raise TypeError(f"mean_flow: expected a bool, got {value!r}")
+            elif f.name == "activation":
                 if value not in FF_ACTIVATIONS:
                     raise ValueError(f"activation: expected one of {FF_ACTIVATIONS}, got {value!r}")
             elif f.name == "num_left_chunks":
@@ -193,6 +202,11 @@ class CausalConditionalDecoder(nn.Module):
         t_emb = TimestepEmbedding(cfg.time_embed_dim, name="time_mlp")(
             sinusoidal_embedding(t, cfg.in_channels).astype(x.dtype)
         )  # [b, 4·channels]
+        if cfg.mean_flow:  # the interval [t, r]: r = t (the instantaneous velocity) when cond.r is None
+            r = t if cond.r is None else cond.r
+            t_emb = t_emb + TimestepEmbedding(cfg.time_embed_dim, zero_out=True, name="time_mlp_r")(
+                sinusoidal_embedding(r - t, cfg.in_channels).astype(x.dtype)
+            )  # [b, 4·channels]
         spks = jnp.broadcast_to(cond.spks[:, None, :].astype(x.dtype), (b, x.shape[1], cfg.spk_dim))
         h = jnp.concatenate([x, cond.mu.astype(x.dtype), spks, cond.prompt.astype(x.dtype)], axis=-1)  # [b, t, in]
 
@@ -276,6 +290,7 @@ class CausalConditionalDecoder(nn.Module):
         t, cond = check_estimator_call(
             x, cond, t, mel_dim=cfg.mel_dim, mu_dim=cfg.mu_dim, spk_dim=cfg.spk_dim, cond_dim=cfg.cond_dim,
             cache=cache, chunk_size=cfg.chunk_size, num_left_chunks=cfg.num_left_chunks, streaming=streaming,
+            mean_flow=cfg.mean_flow,
         )
         params = self.variables.get("params", {})
         if "mid" in params:

@@ -4,6 +4,8 @@ Layout (SPEC §8 of the CosyVoice2 reference and the CosyVoice3 fixture README; 
 
 ================  =========================================================================================
 ``time_embed``    ``sinusoidal(1000·t, 256)`` → Linear → SiLU → Linear (width ``dim``)
+``time_embed_r``  MeanFlow students only (``mean_flow=True``): the same on the interval length ``r − t``
+                  (``cond.r``; None = ``r = t``), its last Linear zero-initialised, added to ``time_embed``'s output
 pack              ``[x | prompt | mu | spks broadcast over t]`` → ``[b, t, 2·mel + mu + spk]`` (this order
                   differs from the CosyVoice2 U-Net's)
 ``input_proj``    Linear → ``dim``; then ``+ conv_pos(·)`` (:class:`~fmjax.nn.dit_blocks.ConvPositionEmbedding`)
@@ -62,6 +64,8 @@ class DiTConfig:
       chunk_size: ``C`` frames of the streaming chunk mask (50 = 25 tokens × 2).
       num_left_chunks: ``L`` left chunks visible; ``-1`` = all (the original's only behaviour).
       conv_pos_kernel, conv_pos_groups: the causal conv position embedding (31 taps, 16 groups).
+      mean_flow: a MeanFlow student (:mod:`fmjax.meanflow`): a second time embedding ``time_embed_r`` of ``r − t``
+        (``cond.r``). False (default, every converted checkpoint) is the plain DiT, exactly.
     """
 
     dim: int = 1024
@@ -76,10 +80,15 @@ class DiTConfig:
     num_left_chunks: int = -1
     conv_pos_kernel: int = 31
     conv_pos_groups: int = 16
+    mean_flow: bool = False
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "mean_flow":
+                if not isinstance(value, bool):
+                    raise TypeError(f"mean_flow: expected a bool, got {value!r}")
+                continue
             lowest = -1 if f.name == "num_left_chunks" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
                 raise ValueError(f"{f.name}: expected an int >= {lowest}, got {value!r}")
@@ -153,6 +162,10 @@ class DiT(nn.Module):
         valid = cond.mask > 0  # [b, t]
         t_freq = sinusoidal_embedding(t, TIME_FREQ_DIM).astype(x.dtype)  # [b, 256]
         t_emb = TimestepEmbedding(cfg.dim, name="time_embed")(t_freq)  # [b, dim]
+        if cfg.mean_flow:  # the interval [t, r]: r = t (the instantaneous velocity) when cond.r is None
+            r = t if cond.r is None else cond.r
+            t_emb = t_emb + TimestepEmbedding(cfg.dim, zero_out=True, name="time_embed_r")(
+                sinusoidal_embedding(r - t, TIME_FREQ_DIM).astype(x.dtype))  # [b, dim]
         spks = jnp.broadcast_to(cond.spks[:, None, :].astype(x.dtype), (b, x.shape[1], cfg.spk_dim))
         packed = jnp.concatenate(
             [x, cond.prompt.astype(x.dtype), cond.mu.astype(x.dtype), spks], axis=-1
@@ -224,6 +237,7 @@ class DiT(nn.Module):
         t, cond = check_estimator_call(
             x, cond, t, mel_dim=cfg.mel_dim, mu_dim=cfg.mu_dim, spk_dim=cfg.spk_dim, cond_dim=cfg.mel_dim,
             cache=cache, chunk_size=cfg.chunk_size, num_left_chunks=cfg.num_left_chunks, streaming=streaming,
+            mean_flow=cfg.mean_flow,
         )
         if "blocks" in self.variables.get("params", {}):
             raise ValueError("params: the DiT blocks are stacked under 'blocks' (the layout of fmjax < 0.2); "

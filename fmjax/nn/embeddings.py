@@ -50,14 +50,18 @@ class TimestepEmbedding(nn.Module):
     Attributes:
       hidden_dim: width of ``linear_1`` (CosyVoice2: 4·channels = 1024).
       out_dim: width of ``linear_2``; defaults to ``hidden_dim``.
+      zero_out: initialise ``linear_2`` to zero (kernel and bias), so the embedding starts as exactly 0: a MeanFlow
+        student's second time embedding, added to a teacher's, leaves the teacher's output unchanged at init.
     """
 
     hidden_dim: int
     out_dim: int | None = None
+    zero_out: bool = False
 
     @nn.compact
     def __call__(self, features: Float[Array, "b e"]) -> Float[Array, "b d"]:
         """``[b, e]`` sinusoidal features -> ``[b, d]`` time embedding."""
         h = nn.Dense(self.hidden_dim, name="linear_1")(features)  # [b, hidden]
         h = nn.silu(h)
-        return nn.Dense(self.out_dim or self.hidden_dim, name="linear_2")(h)  # [b, d]
+        init = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros) if self.zero_out else {}
+        return nn.Dense(self.out_dim or self.hidden_dim, name="linear_2", **init)(h)  # [b, d]

@@ -135,7 +135,8 @@ class Token2MelStream:
       window_tokens: K/V window of the caches in tokens (``r·window_tokens`` frames in the estimator).
       sampler: steps, solver and CFG weight (:class:`~fmjax.samplers.SamplerConfig`; its grid is the default grid
         of :meth:`init`). ``n_steps``, ``solver`` and ``cfg_weight`` may be given instead (or to override it); after
-        construction all four fields hold the resolved values.
+        construction all four fields hold the resolved values. A MeanFlow student (:mod:`fmjax.meanflow`) streams
+        the same way at any NFE (default: 2 ``meanflow`` steps, no CFG; CFG asked of it is a ``ValueError``).
     """
 
     model: Any
@@ -161,7 +162,8 @@ class Token2MelStream:
             )
         from fmjax.pipelines.token2mel import sampler_config
 
-        sampler = sampler_config(self.sampler, n_steps=self.n_steps, solver=self.solver, cfg_weight=self.cfg_weight)
+        sampler = sampler_config(self.sampler, n_steps=self.n_steps, solver=self.solver, cfg_weight=self.cfg_weight,
+                                 model=self.model)
         for name, value in (("sampler", sampler), ("n_steps", sampler.n_steps), ("solver", sampler.solver),
                             ("cfg_weight", sampler.cfg_weight)):
             object.__setattr__(self, name, value)

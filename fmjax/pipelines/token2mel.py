@@ -60,18 +60,30 @@ class Token2MelOutput(NamedTuple):
     aux: Any = None
 
 
-def sampler_config(sampler=None, *, grid=None, n_steps=None, solver=None, cfg_weight=None) -> SamplerConfig:
+def sampler_config(sampler=None, *, grid=None, n_steps=None, solver=None, cfg_weight=None, model=None) -> SamplerConfig:
     """A :class:`~fmjax.samplers.SamplerConfig` from ``sampler`` (or the defaults) with the given fields replaced
-    (``grid`` may be a name or an array of times)."""
+    (``grid`` may be a name or an array of times).
+
+    With ``model``: the defaults are a MeanFlow student's (:data:`fmjax.meanflow.STUDENT_SAMPLER`: 2 ``meanflow``
+    steps on the linear grid, no CFG) when it is one, and the result is checked against it
+    (:func:`fmjax.meanflow.check_sampler`: CFG asked of a student, or the ``meanflow`` solver for a plain flow, raise
+    naming ``cfg_weight`` / ``sampler.cfg_weight`` or ``solver`` / ``sampler.solver``)."""
+    from fmjax import meanflow
+
     if sampler is not None and not isinstance(sampler, SamplerConfig):
         raise TypeError(f"sampler: expected a fmjax.samplers.SamplerConfig, got {type(sampler).__name__}")
-    base = sampler or SamplerConfig()
+    base = sampler or (meanflow.STUDENT_SAMPLER if model is not None and meanflow.is_student(model) else SamplerConfig())
     fields = dict(grid=base.grid, n_steps=base.n_steps, solver=base.solver, cfg_weight=base.cfg_weight)
     if grid is not None:
         fields["grid"] = grid if isinstance(grid, str) else tuple(np.asarray(grid, np.float64).reshape(-1).tolist())
     fields.update({k: v for k, v in (("n_steps", n_steps), ("solver", solver), ("cfg_weight", cfg_weight))
                    if v is not None})
-    return SamplerConfig(**fields)
+    resolved = SamplerConfig(**fields)
+    if model is not None:
+        meanflow.check_sampler(model, resolved, cfg_name="cfg_weight" if cfg_weight is not None or sampler is None
+                               else "sampler.cfg_weight",
+                               solver_name="solver" if solver is not None or sampler is None else "sampler.solver")
+    return resolved
 
 
 def token2mel(
@@ -107,7 +119,8 @@ def token2mel(
       streaming: chunk attention masks (torch ``streaming=True``) instead of full context: a bool, or ``[b]`` bools
         (data: one compiled program serves both).
       sampler: grid, steps, solver and CFG weight (default :class:`~fmjax.samplers.SamplerConfig`: cosine, 10,
-        Euler, 0.7); ``grid`` (a name or an ``[n + 1]`` array), ``n_steps``, ``solver``, ``cfg_weight`` override
+        Euler, 0.7; for a MeanFlow student 2 ``meanflow`` steps on the linear grid without CFG, which it must not be
+        asked for); ``grid`` (a name or an ``[n + 1]`` array), ``n_steps``, ``solver``, ``cfg_weight`` override
         its fields.
       noise: ``[T, m]`` or ``[b, T, m]`` initial noise with ``T >=`` the longest ``r·(p + n)``; default
         CosyVoice's fixed noise (frame ``f`` of every row gets ``rand_noise[f]``).
@@ -120,7 +133,7 @@ def token2mel(
     check_flow(model)
     cfg = model.config
     r, m = cfg.token_mel_ratio, cfg.mel_dim
-    sampler = sampler_config(sampler, grid=grid, n_steps=n_steps, solver=solver, cfg_weight=cfg_weight)
+    sampler = sampler_config(sampler, grid=grid, n_steps=n_steps, solver=solver, cfg_weight=cfg_weight, model=model)
     tokens, lengths = check_id_batch(tokens, lengths, cfg.vocab_size, "tokens", "lengths", allow_empty=False)
     b = tokens.shape[0]
     check_speaker_embedding(embedding, b, cfg.spk_embed_dim)
