@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax.cond import MelCond, check_estimator_call, pad_chunk
-from fmjax.nn.attention import KVCache, init_kv_cache
+from fmjax.nn.attention import KVCache, check_kv_rows, init_kv_cache
 from fmjax.nn.conv import CausalConv1d, Conv1d, ConvCache
 from fmjax.nn.embeddings import TimestepEmbedding, sinusoidal_embedding
 from fmjax.nn.masks import attention_mask
@@ -301,9 +301,8 @@ class CausalConditionalDecoder(nn.Module):
             return t, cond
         if not isinstance(cache, CausalUNetCache):
             raise TypeError(f"cache: expected a CausalUNetCache from init_cache, got {type(cache).__name__}")
-        keys = cache.down.attn[0].keys if cache.down.attn else None
-        if keys is not None and keys.shape[0] != b:
-            raise ValueError(f"cache: built for batch {keys.shape[0]}, but x has batch {b}")
+        if cache.down.attn:  # b rows, or a stack of rings with row0 (a streaming sampler's; fmjax.nn.attention)
+            check_kv_rows(cache.down.attn[0], b)
         window = cache.down.attn[0].pos.shape[1] if cache.down.attn else cfg.min_window()
         dtype = cache.down.resnet.block1.history.dtype
         check_cache_shapes(cache, jax.eval_shape(lambda: self.init_cache(b, window, dtype)),

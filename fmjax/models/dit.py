@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax.cond import MelCond, check_estimator_call, pad_chunk
-from fmjax.nn.attention import KVCache
+from fmjax.nn.attention import KVCache, check_kv_rows
 from fmjax.nn.dit_blocks import ConvPosCache, ConvPositionEmbedding, DiTBlock, modulated_norm
 from fmjax.nn.embeddings import TimestepEmbedding, sinusoidal_embedding
 from fmjax.nn.masks import attention_mask
@@ -250,8 +250,8 @@ class DiT(nn.Module):
         pos = cache.blocks[0].pos if len(cache.blocks) else None
         if getattr(pos, "ndim", 2) != 2:
             raise ValueError(f"cache.blocks[0].pos: expected shape [b, w], got {getattr(pos, 'shape', pos)}")
-        if pos is not None and pos.shape[0] != b:
-            raise ValueError(f"cache: built for batch {pos.shape[0]}, but x has batch {b}")
+        if pos is not None:  # b rows, or a stack of rings with row0 (a streaming sampler's; fmjax.nn.attention)
+            check_kv_rows(cache.blocks[0], b)
         window = pos.shape[1] if pos is not None else cfg.min_window()
         if window < cfg.min_window():
             raise ValueError(f"cache: a window of {window} frames is smaller than min_window()={cfg.min_window()}")

@@ -19,10 +19,22 @@ Every shape is fixed by ``(b, w, h, k)``: the stream positions live in int32 arr
 written as empty slots (position ``-1``) into exactly the slots that the row's next real chunk overwrites
 before it attends, so nothing it will ever see is lost. A batched step can therefore carry rows that have
 nothing to compute without copying their buffers.
+
+**Filled-prefix windows.** Until a row's stream has wrapped around the ring, its filled slots are a prefix
+(slot = position mod ``w``), so a step attends only over the smallest of a few static window sizes that holds
+every row's slots (:func:`window_buckets`: ``C, 2C, 4C, ...`` capped at ``w``), chosen from the positions by a
+``lax.switch`` inside the one compiled step. The first chunks of a stream therefore do not pay for an empty ring;
+the result is the same (the slots left out are empty, i.e. masked).
+
+**Stacked rings (row views).** A :class:`KVCache` may hold the rings of several calls in one buffer (e.g. a
+streaming sampler's one ring per ODE step, rows ``[n·stages·b]``); ``row0`` (a traced int32 scalar) then names the
+first of this call's ``b`` rows. Writes go straight into the buffer (in place when it is donated or carried in a
+loop) and reads take only this call's rows and window, so no per-step copy of the whole ring is made.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -41,12 +53,15 @@ class KVCache(NamedTuple):
       values: ``[b, w, h, k]``.
       pos: ``[b, w]`` int32 absolute frame position held by each slot; ``-1`` = empty slot or padded frame.
       count: ``[b]`` int32 frames written so far per row (absolute position of the row's next chunk).
+      row0: None (the buffers hold exactly the call's rows), or an int32 scalar: the buffers hold ``R >= b`` rows
+        (several calls' rings stacked) and this call uses rows ``row0 .. row0 + b - 1`` (see "Stacked rings").
     """
 
     keys: Float[Array, "b w h k"]
     values: Float[Array, "b w h k"]
     pos: Int[Array, "b w"]
     count: Int[Array, "b"]
+    row0: Int[Array, ""] | None = None
 
 
 def init_kv_cache(batch: int, window: int, heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
@@ -63,33 +78,101 @@ def kv_cache_write(
 ) -> KVCache:
     """Writes a chunk of ``c <= w`` frames at each row's stream positions ``count .. count+c-1`` (slots ``pos % w``);
     frames with ``valid = False`` are stored with position ``-1`` so that no query ever sees them. A row with no
-    valid frame is idle: it does not advance (see the module docstring)."""
-    b, w = cache.pos.shape
-    c = k.shape[1]
+    valid frame is idle: it does not advance (see the module docstring). With ``cache.row0`` set, rows
+    ``row0 .. row0 + b - 1`` of the buffers are written."""
+    rows_total, w = cache.pos.shape
+    b, c = k.shape[:2]
     if c > w:
         raise ValueError(f"k: a chunk of {c} frames does not fit a window of {w} slots")
+    check_kv_rows(cache, b)
     expected = (b, c) + cache.keys.shape[2:]
     if k.shape != expected or v.shape != expected:
         raise ValueError(f"k, v: expected shape {expected} to match the cache, got {k.shape} and {v.shape}")
     if valid.shape != (b, c):
         raise ValueError(f"valid: expected shape {(b, c)}, got {valid.shape}")
-    if cache.count.shape != (b,):
-        raise ValueError(f"cache.count: expected per-row positions of shape ({b},), got {cache.count.shape}")
-    positions = cache.count[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]  # [b, c]
+    if cache.count.shape != (rows_total,):
+        raise ValueError(f"cache.count: expected per-row positions of shape ({rows_total},), got {cache.count.shape}")
+    positions = chunk_positions(cache, c, b)  # [b, c]
     slots = positions % w  # [b, c]
-    rows = jnp.arange(b)[:, None]  # [b, 1]
+    rows = _row_index(cache, b)[:, None]  # [b, 1] rows of the buffers
     active = jnp.any(valid, axis=1)  # [b]
-    return KVCache(
+    return cache._replace(
         keys=cache.keys.at[rows, slots].set(k.astype(cache.keys.dtype)),  # in place when the cache is donated
         values=cache.values.at[rows, slots].set(v.astype(cache.values.dtype)),
         pos=cache.pos.at[rows, slots].set(jnp.where(valid, positions, -1)),
-        count=cache.count + c * active.astype(jnp.int32),
+        count=cache.count.at[rows[:, 0]].add(c * active.astype(jnp.int32)),
     )
 
 
-def chunk_positions(cache: KVCache, c: int) -> Int[Array, "b c"]:
-    """Absolute positions ``[b, c]`` of the next chunk's frames of every row (``count + 0 .. c-1``)."""
-    return cache.count[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+def check_kv_rows(cache: KVCache, b: int) -> None:
+    """Raises ``ValueError`` unless ``cache`` serves a call of ``b`` rows: exactly ``b`` rows, or (``row0`` set) a
+    stack of at least ``b`` rows and a scalar ``row0``."""
+    rows_total = cache.pos.shape[0]
+    if cache.row0 is None and rows_total != b:
+        raise ValueError(f"cache: built for batch {rows_total}, but x has batch {b}")
+    if cache.row0 is not None and (rows_total < b or jnp.shape(cache.row0) != ()):
+        raise ValueError(f"cache.row0: expected a scalar and a stack of >= {b} rows, got shape "
+                         f"{jnp.shape(cache.row0)} and {rows_total} rows")
+
+
+def _row_index(cache: KVCache, b: int) -> Int[Array, "b"]:
+    """The buffer rows of the call's ``b`` rows."""
+    rows = jnp.arange(b, dtype=jnp.int32)
+    return rows if cache.row0 is None else rows + jnp.asarray(cache.row0, jnp.int32)
+
+
+def kv_rows(cache: KVCache, b: int, window: int | None = None):
+    """The call's rows of the buffers: ``(keys [b, w', h, k], values, pos [b, w'], count [b])`` with the first
+    ``window`` slots (default all ``w``). Without ``row0`` and with the whole window these are the buffers
+    themselves."""
+    w = cache.pos.shape[1]
+    window = w if window is None else window
+    if cache.row0 is None:
+        if window == w:
+            return cache.keys, cache.values, cache.pos, cache.count
+        return cache.keys[:, :window], cache.values[:, :window], cache.pos[:, :window], cache.count
+    r0 = jnp.asarray(cache.row0, jnp.int32)
+
+    def take(a, width):
+        start = (r0,) + (0,) * (a.ndim - 1)
+        size = (b,) if a.ndim == 1 else (b, width) + a.shape[2:]
+        return jax.lax.dynamic_slice(a, start, size)
+
+    return take(cache.keys, window), take(cache.values, window), take(cache.pos, window), take(cache.count, None)
+
+
+def chunk_positions(cache: KVCache, c: int, b: int | None = None) -> Int[Array, "b c"]:
+    """Absolute positions ``[b, c]`` of the next chunk's frames of every row (``count + 0 .. c-1``). ``b``, the call's
+    rows, is needed for a stacked cache (``row0`` set); default all rows."""
+    if cache.row0 is None:
+        count = cache.count
+    else:
+        if b is None:
+            raise ValueError("b: a stacked cache (row0 set) needs the call's batch")
+        count = jax.lax.dynamic_slice(cache.count, (jnp.asarray(cache.row0, jnp.int32),), (b,))
+    return count[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+
+
+def window_buckets(window: int, chunk: int) -> tuple[int, ...]:
+    """The static window sizes a streaming step may attend over: ``chunk · 2^i`` below ``window``, then ``window``
+    (e.g. ``(50, 100, 200, 400, 800, 1000)`` for a 1000-slot ring and 50-frame chunks)."""
+    if window < 1 or chunk < 1:
+        raise ValueError(f"window/chunk: expected positive sizes, got {window}/{chunk}")
+    sizes, size = [], chunk
+    while size < window:
+        sizes.append(size)
+        size *= 2
+    return tuple(sizes) + (window,)
+
+
+def filled_window(q_pos: Int[Array, "b c"], window: int) -> tuple[Int[Array, ""], tuple[int, ...]]:
+    """``(index, sizes)``: the smallest of :func:`window_buckets` (``sizes``) that holds every slot the rows have
+    filled once the chunk at positions ``q_pos`` is written (``window`` once a row's stream wraps around the ring).
+    Exact: slot = position mod ``window``, so before a wrap the filled slots are ``0 .. max(q_pos)``."""
+    sizes = window_buckets(window, q_pos.shape[1])
+    need = jnp.max(q_pos[:, -1]) + 1  # slots 0 .. need-1 hold every written position (before a wrap)
+    index = jnp.sum(jnp.asarray(sizes[:-1], jnp.int32) < need).astype(jnp.int32)
+    return index, sizes
 
 
 def dot_product_attention(
@@ -207,13 +290,26 @@ def cached_attention(
     with ``c = chunk_size`` frames per step (pad the last one) so that they stay aligned to chunk bounds.
     Queries at positions ``count + i`` get rotary or relative encodings from the caller beforehand.
 
+    Only the filled prefix of the ring is read (:func:`filled_window`: one of a few static sizes, chosen by a
+    ``lax.switch``), and a stacked cache (``row0`` set) is read at its call's rows only.
+
     Returns:
       ``(out [b, c, h, k], new_cache)``.
     """
-    q_pos = chunk_positions(cache, q.shape[1])  # [b, c]
+    b, c = q.shape[:2]
+    q_pos = chunk_positions(cache, c, b)  # [b, c]
     cache = kv_cache_write(cache, k, v, valid)
-    mask = fill_empty_rows(chunk_visibility(q_pos, cache.pos, chunk_size, num_left_chunks))  # [b, c, w]
-    return dot_product_attention(q, cache.keys, cache.values, mask=mask, scale=scale), cache
+    index, sizes = filled_window(q_pos, cache.pos.shape[1])
+
+    def attend(window, q, cache):
+        keys, values, pos, _ = kv_rows(cache, b, window)  # [b, window, h, k], [b, window]
+        mask = fill_empty_rows(chunk_visibility(q_pos, pos, chunk_size, num_left_chunks))  # [b, c, window]
+        return dot_product_attention(q, keys, values, mask=mask, scale=scale)
+
+    if len(sizes) == 1:
+        return attend(sizes[0], q, cache), cache
+    branches = [functools.partial(attend, window) for window in sizes]
+    return jax.lax.switch(index, branches, q, cache), cache
 
 
 class MultiHeadAttention(nn.Module):

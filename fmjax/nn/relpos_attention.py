@@ -22,7 +22,14 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax.nn.attention import KVCache, chunk_positions, dot_product_attention, init_kv_cache, kv_cache_write
+from fmjax.nn.attention import (
+    KVCache,
+    chunk_positions,
+    dot_product_attention,
+    init_kv_cache,
+    kv_cache_write,
+    kv_rows,
+)
 from fmjax.nn.masks import chunk_visibility, fill_empty_rows
 from fmjax.typing import Array, Bool, Float, Int
 
@@ -114,9 +121,9 @@ class RelPositionAttention(nn.Module):
         else:
             if mask is not None or valid is None or chunk_size <= 0:
                 raise ValueError("streaming attention takes valid=[b, t] and chunk_size > 0, and no mask")
-            q_pos = chunk_positions(cache, t)  # [b, t]
+            q_pos = chunk_positions(cache, t, b)  # [b, t]
             cache = kv_cache_write(cache, k, v, valid)
-            k_pos, keys, values = cache.pos, cache.keys, cache.values  # [b, w], [b, w, h, k]
+            keys, values, k_pos, _ = kv_rows(cache, b)  # [b, w, h, k], [b, w] (the call's rows)
             mask = fill_empty_rows(chunk_visibility(q_pos, k_pos, chunk_size, num_left_chunks))  # [b, t, w]
         # Valid keys satisfy -(t-1) <= i - j <= s-1: offline s = t; streaming the ring holds the last w positions.
         r_min, r_max = -(t - 1), keys.shape[1] - 1

@@ -358,9 +358,17 @@ def _empty_rows(stream: Token2MelStream, b: int) -> StreamRows:
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _advance(stream: Token2MelStream, params, rows: StreamRows, grid, noise, tokens, n, mel, ahead, n_ahead, final):
-    """The one compiled step: append the input to every row's FIFO, then compute chunks while any row has one ready
-    (rows without a ready chunk are idle in that iteration). ``tokens [b, C]`` (``n`` valid), prompt
-    ``mel [b, r·C, m]``, ``ahead [b, L]`` (``n_ahead`` valid)."""
+    """The one compiled step (:func:`advance_rows`): ``(rows, mel [b, r·(2C + L), m])``."""
+    new_rows, out, _ = advance_rows(stream, params, rows, grid, noise, tokens, n, mel, ahead, n_ahead, final)
+    return new_rows, out
+
+
+def advance_rows(stream: Token2MelStream, params, rows: StreamRows, grid, noise, tokens, n, mel, ahead, n_ahead,
+                 final):
+    """The step, pure (jit it; :mod:`fmjax.export` exports it): append the input to every row's FIFO, then compute
+    chunks while any row has one ready (rows without a ready chunk are idle in that iteration). ``tokens [b, C]``
+    (``n`` valid), prompt ``mel [b, r·C, m]``, ``ahead [b, L]`` (``n_ahead`` valid), ``final [b]`` bool. Returns
+    ``(rows, mel [b, r·(2C + L), m], frames [b] int32)``: the new frames of each row (zeros after ``frames``)."""
     model, cfg = stream.model, stream.model.config
     c, r, la, m = cfg.chunk_size, cfg.token_mel_ratio, cfg.pre_lookahead_len, cfg.mel_dim
     q, out_frames = stream.fifo_tokens, stream.max_frames_per_step
@@ -412,11 +420,11 @@ def _advance(stream: Token2MelStream, params, rows: StreamRows, grid, noise, tok
 
     carry = (ext, fifo_mel, held, known, rows.done, rows.encoder, rows.estimator,
              jnp.zeros((b, out_frames, m), jnp.float32), jnp.zeros((b,), jnp.int32))
-    ext, fifo_mel, held, _, done, enc_cache, est_cache, out, _ = jax.lax.while_loop(
+    ext, fifo_mel, held, _, done, enc_cache, est_cache, out, n_out = jax.lax.while_loop(
         lambda carry: jnp.any(ready(carry[2], carry[3])), chunk, carry)
     new_rows = rows._replace(fifo=ext[:, :q], fifo_mel=fifo_mel, held=held, done=done, encoder=enc_cache,
                              estimator=est_cache)
-    return new_rows, out
+    return new_rows, out, n_out
 
 
 # --------------------------------------------------------------------------------------------- host helpers
