@@ -319,20 +319,33 @@ def student_params(student, teacher_params, key: Key):
     if not is_student(student):
         raise TypeError(f"student: expected a flow whose estimator config has mean_flow=True (student_config), got "
                         f"{type(student).__name__} with mean_flow=False")
-    fresh = jax.jit(lambda k: init_flow_params(student, k))(key)
-    new = {k: v for k, v in leaf_table(fresh).items() if "time_mlp_r" in k or "time_embed_r" in k}
-    expected = {k: v for k, v in leaf_table(fresh).items() if k not in new}
+    shapes = jax.eval_shape(lambda k: init_flow_params(student, k), key)  # no compilation
+    new = {k: v for k, v in leaf_table(shapes).items() if _is_second_embedding(k)}
+    expected = {k: v for k, v in leaf_table(shapes).items() if k not in new}
     diff = compare_leaves(expected, leaf_table(teacher_params), dtypes=False)
     if diff:
         raise ValueError("teacher_params: expected the student's tree without its second time embedding:\n  "
                          + "\n  ".join(diff))
+    keys = iter(jax.random.split(key, max(len(new), 1)))
 
-    def merge(student_tree, teacher_tree):
+    def fresh(path, leaf):  # flax's Dense defaults (lecun-normal kernel, zero bias); linear_2 is zero (zero_out)
+        if "linear_1" in path and path[-1] == "kernel":
+            return jax.nn.initializers.lecun_normal()(next(keys), leaf.shape, leaf.dtype)
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    def merge(student_tree, teacher_tree, path=()):
         if isinstance(student_tree, dict):
-            return {k: merge(v, teacher_tree[k]) if k in teacher_tree else v for k, v in student_tree.items()}
+            return {k: merge(v, teacher_tree.get(k, {}) if isinstance(teacher_tree, dict) else {}, path + (k,))
+                    for k, v in student_tree.items()}
+        if any(_is_second_embedding(p) for p in path):
+            return fresh(path, student_tree)
         return jnp.asarray(teacher_tree, student_tree.dtype)
 
-    return merge(fresh, teacher_params)
+    return merge(shapes, teacher_params)
+
+
+def _is_second_embedding(name: str) -> bool:
+    return "time_mlp_r" in name or "time_embed_r" in name
 
 
 def check_sampler(model, sampler, *, cfg_name: str = "cfg_weight", solver_name: str = "solver") -> None:
