@@ -27,7 +27,9 @@ Its model is a Flax module with the flow interface that :func:`fmjax.token2mel.t
   per-bin mel mean/std over the evaluation sentences: ground truth, generated, lookup),
   ``samples/step_NNNNNN.wav`` (the generated mel through Griffin-Lim, 24 kHz) and, once,
   ``samples/reference_<id>.wav`` (the ground-truth mel through the same Griffin-Lim, to tell vocoder artefacts
-  from model errors).
+  from model errors); and ``metrics.png`` in the workdir: every generation metric against the training step with
+  its baselines and ceiling (:func:`train.plots.plot_speech_metrics`, from ``metrics.jsonl``, rewritten at every
+  evaluation, so the last one covers the whole run).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from fmjax.samplers import SamplerConfig
 from fmjax.token2mel import token2mel
 from train.experiment import Experiment
 
-__all__ = ["CorpusData", "CorpusExperiment", "speaker_means", "speaker_mean_baseline", "eval_pairs", "BATCH_KEYS"]
+__all__ = ["CorpusData", "CorpusExperiment", "MEL_NORMS", "mel_statistics", "speaker_means", "speaker_mean_baseline", "eval_pairs", "BATCH_KEYS"]
 
 BATCH_KEYS = ("mel", "mel_mask", "tokens", "token_len", "spk", "row_mask")
 
@@ -60,7 +62,7 @@ class CorpusData:
       corpus: a corpus directory (``python -m fmjax.data.prepare`` makes one); "" = the shipped ``data/corpus``.
       buckets: increasing token lengths of the training batches (frames = 2 x tokens): one train-step
         compilation each. Utterances longer than the last are dropped (logged); the shipped corpus's longest
-        has 87 tokens.
+        has 89 tokens (``us_f4/013``), so its buckets end at 90.
       eval_sentences: validation sentences generated for ``val_mel_l1``/``val_mcd`` (round-robin over speakers).
       sampler: the evaluation sampler (:class:`fmjax.samplers.SamplerConfig`; CosyVoice's defaults: cosine grid, 10
         Euler steps, CFG 0.7).
@@ -69,7 +71,7 @@ class CorpusData:
     """
 
     corpus: str = ""
-    buckets: tuple[int, ...] = (48, 64, 88)
+    buckets: tuple[int, ...] = (48, 64, 90)
     eval_sentences: int = 8
     sampler: SamplerConfig = SamplerConfig()
     sample_sentence: int = 0
@@ -126,6 +128,27 @@ def eval_pairs(corpus, k: int) -> list[tuple]:
     return [(u, prompts[u.speaker_index]) for u in targets[:k]]
 
 
+MEL_NORMS = ("none", "global", "per_bin")
+
+
+def mel_statistics(utterances, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The mel normalisation of ``kind`` from (training) ``utterances``: ``(mean [m], std [m])`` float32, or None
+    for ``"none"``. ``"global"`` is Matcha-TTS's (one mean and std over every value of every training frame,
+    broadcast to the bins), ``"per_bin"`` one mean and std per mel bin. Computed in float64."""
+    if kind not in MEL_NORMS:
+        raise ValueError(f"model.mel_norm: expected one of {MEL_NORMS}, got {kind!r}")
+    if kind == "none":
+        return None
+    frames = np.concatenate([np.asarray(u.mel, np.float64) for u in utterances])  # [N, m]
+    if kind == "global":
+        mean, std = np.full(frames.shape[1], frames.mean()), np.full(frames.shape[1], frames.std())
+    else:
+        mean, std = frames.mean(axis=0), frames.std(axis=0)
+    if not np.all(std > 0):
+        raise ValueError(f"model.mel_norm={kind!r}: the training mels have a constant bin (std 0); use 'global'")
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 # the ceilings that are not 0 by construction (mel L1, MCD, TER, voicing and F0 errors of the truth are 0)
 TRUTH_KEYS = ("spk_acc", "spk_cos", "fd")
 
@@ -167,6 +190,7 @@ class CorpusExperiment(Experiment):
         self._pairs = eval_pairs(self.corpus, dc.eval_sentences)
         self._means = speaker_means(self.corpus.train, len(self.corpus.speakers))
         self._scorer = SpeechScorer(self.corpus)  # baselines, tokenizer, speaker and realism references
+        self.mel_stats = mel_statistics(self.corpus.train, getattr(config.model, "mel_norm", "none"))
         self._generated = None  # (step, generated mels) shared by evaluate and write_samples
 
     def check_model_config(self, vocab_size: int, spk_embed_dim: int) -> None:
@@ -203,6 +227,26 @@ class CorpusExperiment(Experiment):
             batches.append(batch)
         return batches
 
+    # ---------------------------------------------------------------------------------------- normalisation
+    def normalize_mel(self, mel, mask=None):
+        """``(mel - mean) / std`` in the model's mel space (identity without ``model.mel_norm``), zero where
+        ``mask [.., T]`` is 0. numpy in, numpy out; jax in (inside the loss), jax out."""
+        if self.mel_stats is None:
+            return mel
+        xp = np if isinstance(mel, np.ndarray) else jnp
+        mean, std = (xp.asarray(a, mel.dtype) for a in self.mel_stats)
+        out = (mel - mean) / std
+        return out if mask is None else out * xp.asarray(mask, mel.dtype)[..., None]
+
+    def denormalize_mel(self, mel: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`normalize_mel` on generated ``mel [k, F, m]`` (numpy), zero past ``lengths``:
+        what is scored and vocoded is always a log-mel in the corpus's units."""
+        if self.mel_stats is None:
+            return mel
+        mean, std = self.mel_stats
+        valid = np.arange(mel.shape[1])[None, :] < np.asarray(lengths)[:, None]
+        return ((mel * std + mean) * valid[..., None]).astype(mel.dtype)
+
     # ------------------------------------------------------------------------------------------- generation
     def generation_inputs(self) -> dict:
         """The :func:`fmjax.token2mel.token2mel` inputs of the evaluation sentences (numpy): ``tokens``,
@@ -213,19 +257,22 @@ class CorpusExperiment(Experiment):
             embedding=np.stack([u.spk for u in targets]),
             lengths=np.array([u.tokens.shape[0] for u in targets], np.int32),
             prompt_tokens=_padded([u.tokens for u in prompts], max(u.tokens.shape[0] for u in prompts), np.int32),
-            prompt_mel=_padded([u.mel for u in prompts], max(u.mel.shape[0] for u in prompts), np.float32),
+            prompt_mel=_padded([self.normalize_mel(u.mel) for u in prompts], max(u.mel.shape[0] for u in prompts),
+                               np.float32),
             prompt_lengths=np.array([u.tokens.shape[0] for u in prompts], np.int32),
         )
 
     def generate(self, params, **sampler) -> tuple[np.ndarray, np.ndarray]:
         """The evaluation sentences generated in one batch: ``(mel [k, F, m], lengths [k])`` (numpy, zero past each
         row's length). ``sampler`` overrides :func:`~fmjax.token2mel.token2mel`'s ``grid``, ``n_steps``,
-        ``solver``, ``cfg_weight`` (default: ``data``'s) or passes ``key``/``noise``."""
+        ``solver``, ``cfg_weight`` (default: ``data``'s) or passes ``key``/``noise``. With ``model.mel_norm`` the
+        prompt is normalised and the output de-normalised: the mels returned are in the corpus's log-mel units."""
         dc = self.config.data
         s = dc.sampler
         settings = dict(grid=s.grid, n_steps=s.n_steps, solver=s.solver, cfg_weight=s.cfg_weight) | sampler
         out = token2mel(self.model, params, **self.generation_inputs(), **settings)
-        return np.asarray(jax.device_get(out.mel)), np.asarray(jax.device_get(out.lengths))
+        mel, lengths = np.asarray(jax.device_get(out.mel)), np.asarray(jax.device_get(out.lengths))
+        return self.denormalize_mel(mel, lengths), lengths
 
     def _generated_at(self, params, step: int) -> np.ndarray:
         if self._generated is None or self._generated[0] != step:
@@ -289,6 +336,13 @@ class CorpusExperiment(Experiment):
         save_wav(wav, np.asarray(griffin_lim_vocoder(jnp.asarray(generated[None]), self.corpus.config,
                                                      n_iter=dc.griffin_lim_iters))[0], sr)
         paths = [png, stats, wav]
+        from train.metrics import read_metrics
+        from train.plots import plot_speech_metrics
+
+        metrics_png = plot_speech_metrics(read_metrics(pathlib.Path(workdir) / "metrics.jsonl"),
+                                          pathlib.Path(workdir) / "metrics.png", self.config.experiment)
+        if metrics_png is not None:
+            paths.append(metrics_png)
         reference = out / f"reference_{target.id.replace('/', '_')}.wav"
         if not reference.exists():
             save_wav(reference, np.asarray(griffin_lim_vocoder(jnp.asarray(target.mel[None]), self.corpus.config,

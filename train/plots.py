@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_loss_curve", "plot_points"]
+__all__ = ["plot_loss_curve", "plot_points", "plot_speech_metrics", "SPEECH_METRICS"]
 
 
 def plot_loss_curve(rows: list[dict], path, title: str = "") -> pathlib.Path:
@@ -64,6 +64,62 @@ def plot_loss_curve(rows: list[dict], path, title: str = "") -> pathlib.Path:
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# (key, label, better, log y): the generation metrics of train.corpus_experiment (val_<key>, with _baseline,
+# _lookup and, where the ceiling is not 0 by construction, _truth)
+SPEECH_METRICS = (("mel_l1", "mel L1", "lower", False), ("mcd", "MCD (dB)", "lower", False),
+                  ("ter", "token error rate", "lower", False), ("spk_acc", "speaker accuracy", "higher", False),
+                  ("spk_cos", "speaker cosine", "higher", False), ("fd", "Fréchet distance (realism)", "lower", True),
+                  ("vuv_error", "V/UV error", "lower", False), ("f0_rmse", "F0 RMSE (cents)", "lower", False))
+
+
+def plot_speech_metrics(rows: list[dict], path, title: str = "") -> pathlib.Path | None:
+    """Every generation metric of a corpus run against training step (``metrics.jsonl`` eval rows with
+    ``val_<key>``), one panel per metric: the model (points), the speaker-mean baseline, the lookup decoder and the
+    ground truth (horizontal lines; the truth is 0 for mel L1, MCD, TER, V/UV and F0 by construction). The
+    Fréchet distance is on a log axis (the speaker mean's is ~50x the truth's). Returns None (nothing written)
+    when no row has any of the metrics.
+
+    Args:
+      rows: ``metrics.jsonl`` rows (:func:`train.metrics.read_metrics`).
+      path: the PNG to write.
+    """
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    panels = [m for m in SPEECH_METRICS if any(f"val_{m[0]}" in r for r in evals)]
+    if not panels:
+        return None
+    cols = 4
+    n_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4 * cols, 3.3 * n_rows), squeeze=False)
+    last = max(r["step"] for r in evals)
+    for ax, (key, label, better, log_y) in zip(axes.flat, panels):
+        have = [r for r in evals if f"val_{key}" in r]
+        steps = [r["step"] for r in have]
+        ax.plot(steps, [r[f"val_{key}"] for r in have], "o-", color="C0", label="model")
+        ref = have[-1]
+        truth = ref.get(f"val_{key}_truth", 0.0)
+        for value, name, style in ((ref.get(f"val_{key}_baseline"), "speaker mean", ("C3", "--")),
+                                   (ref.get(f"val_{key}_lookup"), "lookup", ("C2", "--")),
+                                   (truth, "ground truth", ("k", ":"))):
+            if value is not None and not (log_y and value <= 0):
+                ax.axhline(value, color=style[0], linestyle=style[1], label=f"{name} {value:.3g}")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlim(0, last * 1.05)
+        ax.set_xlabel("step")
+        ax.set_title(f"{label} ({better} is better)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{title or 'run'}: generation metrics vs step, steps up to {last} "
+                 f"({time.strftime('%Y-%m-%d %H:%M')})", fontsize=11)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 

@@ -23,3 +23,23 @@ def test_loss_curve_scale_and_titles(tmp_path, monkeypatch, offset, scale):
     if scale == "linear":  # the first 10 % of steps (loss up to 2.04) lie above the cropped range
         tail = [r["loss"] for r in rows[3:-1]]
         assert ax.get_ylim()[1] < rows[0]["loss"] and ax.get_ylim()[1] >= max(tail)
+
+
+def test_speech_metrics_panels_baselines_and_title(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(plt, "close", lambda fig: seen.setdefault("fig", fig))
+    assert plots.plot_speech_metrics([{"step": 1, "kind": "train", "loss": 1.0}], tmp_path / "m.png") is None
+    rows = [{"step": s, "kind": "eval", "val_mel_l1": 1.5 - s / 1000, "val_mel_l1_baseline": 1.41,
+             "val_mel_l1_lookup": 0.70, "val_fd": 300.0 / s, "val_fd_baseline": 295.5, "val_fd_lookup": 15.0,
+             "val_fd_truth": 6.1} for s in (400, 800)]
+    path = plots.plot_speech_metrics(rows, tmp_path / "m.png", "token2mel")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = [a for a in seen["fig"].axes if a.get_title()]
+    assert [a.get_title() for a in axes] == ["mel L1 (lower is better)", "Fréchet distance (realism) (lower is better)"]
+    l1, fd = axes
+    assert fd.get_yscale() == "log" and l1.get_yscale() == "linear"
+    # the model's points and one horizontal line per baseline/ceiling (mel L1's truth is 0 by construction)
+    assert list(l1.lines[0].get_ydata()) == [1.1, 0.7]
+    assert sorted(round(line.get_ydata()[0], 3) for line in l1.lines[1:]) == [0.0, 0.7, 1.41]
+    assert sorted(round(line.get_ydata()[0], 3) for line in fd.lines[1:]) == [6.1, 15.0, 295.5]
+    assert seen["fig"]._suptitle.get_text().startswith("token2mel: generation metrics vs step, steps up to 800 (")

@@ -28,7 +28,7 @@ def get_config(preset: str = "tiny") -> Config:
         return Config(
             experiment="matcha_decoder",
             model=ModelConfig(net=TokenUNetConfig(embed_dim=64, unet=unet)),
-            data=CorpusData(buckets=(64, 88), eval_sentences=8),
+            data=CorpusData(buckets=(64, 90), eval_sentences=8),
             optim=OptimConfig(lr=3e-3, warmup_steps=50, ema_decay=0.98),
             train=TrainConfig(steps=800, batch_size=16, log_every=25, eval_every=200, ckpt_every=400,
                               keep_checkpoints=2),
@@ -37,7 +37,7 @@ def get_config(preset: str = "tiny") -> Config:
         return Config(
             experiment="matcha_decoder",
             model=ModelConfig(),
-            data=CorpusData(buckets=(48, 64, 88), eval_sentences=32),
+            data=CorpusData(buckets=(48, 64, 90), eval_sentences=32),
             optim=OptimConfig(lr=1e-4, warmup_steps=500, ema_decay=0.999),
             train=TrainConfig(steps=20000, batch_size=32, log_every=100, eval_every=2000, ckpt_every=2000),
         )

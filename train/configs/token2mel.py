@@ -38,7 +38,7 @@ def get_config(preset: str = "tiny") -> Config:
             experiment="token2mel",
             model=ModelConfig(flow=_flow(d=64, heads=2, ff=128, blocks=2, up_blocks=2, channels=64, est_blocks=1,
                                          mid=2, est_heads=2, head_dim=32)),
-            data=CorpusData(buckets=(64, 88), eval_sentences=8),
+            data=CorpusData(buckets=(64, 90), eval_sentences=8),
             optim=OptimConfig(lr=3e-3, warmup_steps=50, ema_decay=0.98),
             train=TrainConfig(steps=800, batch_size=16, log_every=25, eval_every=400, ckpt_every=400,
                               keep_checkpoints=2),
@@ -48,7 +48,7 @@ def get_config(preset: str = "tiny") -> Config:
             experiment="token2mel",
             model=ModelConfig(flow=_flow(d=256, heads=4, ff=1024, blocks=3, up_blocks=2, channels=256, est_blocks=2,
                                          mid=4, est_heads=4, head_dim=64)),
-            data=CorpusData(buckets=(48, 64, 88), eval_sentences=32),
+            data=CorpusData(buckets=(48, 64, 90), eval_sentences=32),
             optim=OptimConfig(lr=5e-4, warmup_steps=500, ema_decay=0.999),
             train=TrainConfig(steps=20000, batch_size=32, log_every=100, eval_every=2000, ckpt_every=2000),
         )

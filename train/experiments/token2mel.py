@@ -30,6 +30,10 @@ class ModelConfig:
       chunk_per_row: draw the mode per row (True) or per batch (CosyVoice2's draw); either way one compiled step.
       dynamic_chunks: 0 = CosyVoice2's unified training; ``k > 0`` = WeNet's dynamic chunk training with chunks of
         up to ``k`` tokens (streaming then works at any chunk size up to ``k``).
+      mel_norm: the flow's mel space (:func:`train.corpus_experiment.mel_statistics`): ``"none"`` (CosyVoice: raw
+        log-mels), ``"global"`` (Matcha-TTS: ``(mel - mean) / std`` with one mean and std of the training mels)
+        or ``"per_bin"``; the statistics come from the training split, and generated mels are de-normalised
+        before scoring and vocoding.
     """
 
     flow: Token2MelConfig = Token2MelConfig(vocab_size=256)
@@ -41,8 +45,11 @@ class ModelConfig:
     chunk_prob: float = 0.5
     chunk_per_row: bool = True
     dynamic_chunks: int = 0
+    mel_norm: str = "none"
 
     def __post_init__(self):
+        if self.mel_norm not in ("none", "global", "per_bin"):
+            raise ValueError(f"model.mel_norm: expected one of ('none', 'global', 'per_bin'), got {self.mel_norm!r}")
         if not 0.0 <= self.chunk_prob <= 1.0:
             raise ValueError(f"model.chunk_prob: expected a probability in [0, 1], got {self.chunk_prob!r}")
         if not (isinstance(self.dynamic_chunks, int) and self.dynamic_chunks >= 0):
@@ -75,6 +82,8 @@ class FlowLossExperiment(CorpusExperiment):
         return init_flow_params(self.model, key)
 
     def loss_fn(self, params, batch, key):
+        if self.mel_stats is not None:
+            batch = dict(batch, mel=self.normalize_mel(batch["mel"], batch["mel_mask"]))
         loss, aux = flow_loss(self.model, params, batch, key, loss=self.loss, chunks=self.chunks)
         aux = {k: aux[k] for k in ("per_example", "t", "chunk_masked")}
         aux["weight"] = batch["row_mask"]
