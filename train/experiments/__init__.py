@@ -15,6 +15,7 @@ EXPERIMENTS = {
     "token2mel": "train.experiments.token2mel:Token2Mel",
     "matcha_decoder": "train.experiments.matcha_decoder:MatchaDecoder",
     "reflow": "train.experiments.reflow:Reflow",
+    "meanflow": "train.experiments.meanflow:MeanFlow",
 }
 
 
