@@ -179,7 +179,7 @@ def check_full(orig, with_fmjax: bool) -> None:
         from fmjax.models.flow import Token2MelConfig
 
         cfg, params = convert_flow(sd, preset="cosyvoice2")
-        record("full fmjax convert_flow(torch state dict, preset="cosyvoice2")", None, None,
+        record("full fmjax convert_flow(torch state dict, preset=cosyvoice2)", None, None,
                cfg == Token2MelConfig() and count_parameters(params) == 112_549_360, "default config, all params")
         del params
     record("full flow params 112,549,360", None, None, build.n_params(flow) == 112_549_360, str(build.n_params(flow)))
@@ -214,7 +214,7 @@ def check_full(orig, with_fmjax: bool) -> None:
         from fmjax.models.hift import HiFTConfig
 
         cfg, _ = convert_hift(sd, preset="cosyvoice2")
-        record("full fmjax convert_hift(torch state dict, preset="cosyvoice2")", None, None, cfg == HiFTConfig(), str(cfg)[:60])
+        record("full fmjax convert_hift(torch state dict, preset=cosyvoice2)", None, None, cfg == HiFTConfig(), str(cfg)[:60])
     record("full HiFT params 20,821,295", None, None, build.n_params(hift) == 20_821_295, str(build.n_params(hift)))
     speech, source = proc.hift_call(hift, np.random.default_rng(0).standard_normal((1, 80, 10), np.float32))()
     record("full HiFT inference 10 frames -> 4800 samples", None, None, tuple(speech.shape) == (1, 4800),
