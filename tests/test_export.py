@@ -23,6 +23,8 @@ from fmjax.pipelines.stream import Token2MelStream
 from fmjax.vocoder_stream import init_vocoder_cache, vocoder_finalize, vocoder_step
 from tests.models.test_flow import tiny_flow
 
+pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs: the heaviest files (README, Tests)
+
 TOL = 1e-6
 C, L = 2, 3  # tiny_flow's chunk and look-ahead (tokens)
 

@@ -27,7 +27,8 @@ Its model is a Flax module with the flow interface that :func:`fmjax.token2mel.t
   per-bin mel mean/std over the evaluation sentences: ground truth, generated, lookup),
   ``samples/step_NNNNNN.wav`` (the generated mel through Griffin-Lim, 24 kHz) and, once,
   ``samples/reference_<id>.wav`` (the ground-truth mel through the same Griffin-Lim, to tell vocoder artefacts
-  from model errors); and ``metrics.png`` in the workdir: every generation metric against the training step with
+  from model errors), ``samples/step_NNNNNN_loudness.json`` (RMS and peak dBFS of the generated and the reference
+  audio before the soft limit, their differences, the samples above full scale; also logged); and ``metrics.png`` in the workdir: every generation metric against the training step with
   its baselines and ceiling (:func:`train.plots.plot_speech_metrics`, from ``metrics.jsonl``, rewritten at every
   evaluation, so the last one covers the whole run).
 """
@@ -35,6 +36,8 @@ Its model is a Flax module with the flow interface that :func:`fmjax.token2mel.t
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import pathlib
 
 import jax
@@ -48,8 +51,11 @@ from fmjax.metrics import speaker_means as _speaker_means
 from fmjax.samplers import SamplerConfig
 from fmjax.token2mel import token2mel
 from train.experiment import Experiment
+from train.files import atomic_write_text
 
 __all__ = ["CorpusData", "CorpusExperiment", "MEL_NORMS", "mel_statistics", "speaker_means", "speaker_mean_baseline", "eval_pairs", "BATCH_KEYS"]
+
+log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("mel", "mel_mask", "tokens", "token_len", "spk", "row_mask")
 
@@ -333,9 +339,14 @@ class CorpusExperiment(Experiment):
             title=f"{self.config.experiment} step {step}: {len(targets)} evaluation sentences")
         sr = self.corpus.config.sample_rate
         wav = out / f"step_{step:06d}.wav"
-        save_wav(wav, np.asarray(griffin_lim_vocoder(jnp.asarray(generated[None]), self.corpus.config,
-                                                     n_iter=dc.griffin_lim_iters))[0], sr)
-        paths = [png, stats, wav]
+        audio = np.asarray(griffin_lim_vocoder(jnp.asarray(generated[None]), self.corpus.config,
+                                               n_iter=dc.griffin_lim_iters))[0]
+        save_wav(wav, audio, sr)
+        ref_audio = np.asarray(griffin_lim_vocoder(jnp.asarray(target.mel[None]), self.corpus.config,
+                                                   n_iter=dc.griffin_lim_iters))[0]
+        level = self._loudness_record(step, target.id, audio, ref_audio)
+        atomic_write_text(out / f"step_{step:06d}_loudness.json", json.dumps(level, indent=1) + "\n")
+        paths = [png, stats, wav, out / f"step_{step:06d}_loudness.json"]
         from train.metrics import read_metrics
         from train.plots import plot_speech_metrics
 
@@ -345,7 +356,21 @@ class CorpusExperiment(Experiment):
             paths.append(metrics_png)
         reference = out / f"reference_{target.id.replace('/', '_')}.wav"
         if not reference.exists():
-            save_wav(reference, np.asarray(griffin_lim_vocoder(jnp.asarray(target.mel[None]), self.corpus.config,
-                                                               n_iter=dc.griffin_lim_iters))[0], sr)
+            save_wav(reference, ref_audio, sr)
             paths.append(reference)
         return paths
+
+    @staticmethod
+    def _loudness_record(step: int, utterance: str, audio: np.ndarray, ref_audio: np.ndarray) -> dict:
+        """The sample's loudness against the ground truth's through the same Griffin-Lim (before the soft limit of
+        :func:`fmjax.audio.save_wav`): RMS and peak in dBFS, their differences, and the samples above full scale."""
+        from fmjax.audio import loudness
+
+        gen, ref = loudness(audio), loudness(ref_audio)
+        record = {"step": step, "utterance": utterance, "generated": gen, "reference": ref,
+                  "rms_db_vs_reference": gen["rms_dbfs"] - ref["rms_dbfs"],
+                  "peak_db_vs_reference": gen["peak_dbfs"] - ref["peak_dbfs"],
+                  "samples_above_full_scale": int(np.sum(np.abs(audio) > 1.0))}
+        log.info("step %d sample %s: loudness %.1f dBFS RMS / %.1f dBFS peak (reference %.1f / %.1f)", step, utterance,
+                 gen["rms_dbfs"], gen["peak_dbfs"], ref["rms_dbfs"], ref["peak_dbfs"])
+        return record

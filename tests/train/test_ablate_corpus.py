@@ -18,6 +18,8 @@ from train.configs import token2mel
 
 from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
 
+pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs: the heaviest files (README, Tests)
+
 # A test-size flow on a micro corpus (2 speakers x 4 training + 1 validation utterances cut to 12..20 tokens).
 GET_CONFIG = token2mel.get_config
 SMALL = ["model.chunk_prob=0.0", "train.batch_size=4", "data.buckets=(24,)", "data.eval_sentences=2", "optim.lr=3e-3",

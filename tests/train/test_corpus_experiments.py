@@ -25,6 +25,8 @@ from train.metrics import read_metrics
 
 from tests.train.corpus_helpers import SMALL_FLOW
 
+pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs: the heaviest files (README, Tests)
+
 # Test-size models (compile in seconds) and a short run: 4 rows of <= 48 tokens, a 2-sentence evaluation.
 SMALL_UNET = UNetConfig(spk_dim=16, cond_dim=80, channels=(32, 32), n_blocks=1, num_mid_blocks=1, num_heads=2,
                         head_dim=16)
@@ -72,6 +74,17 @@ def test_tiny_batch_overfits_and_run_writes_artefacts(module, tmp_path):
     for wav in ("samples/step_000200.wav", f"samples/reference_{target.id.replace('/', '_')}.wav"):
         audio, sr = sf.read(tmp_path / wav)
         assert sr == 24000 and audio.shape == (target.mel.shape[0] * 480,) and np.abs(audio).max() > 0, wav
+    # loudness of the sample against the reference (recomputed here from the written reference wav, which is not
+    # limited unless it exceeded 0.9: the reference mel is ground truth; 16-bit PCM rounds the RMS by << 0.1 dB)
+    import json
+
+    level = json.loads((tmp_path / "samples/step_000200_loudness.json").read_text())
+    ref, _ = sf.read(tmp_path / f"samples/reference_{target.id.replace('/', '_')}.wav")
+    if np.abs(ref).max() < 0.9:
+        assert level["reference"]["rms_dbfs"] == pytest.approx(20 * np.log10(np.sqrt(np.mean(ref ** 2))), abs=0.1)
+    assert level["rms_db_vs_reference"] == pytest.approx(
+        level["generated"]["rms_dbfs"] - level["reference"]["rms_dbfs"], abs=1e-9)
+    assert level["step"] == 200 and level["samples_above_full_scale"] >= 0
 
 
 # -------------------------------------------------------------------------------- metrics and baseline

@@ -25,6 +25,8 @@ from train.state import make_state
 
 from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
 
+pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs: the heaviest files (README, Tests)
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -91,5 +93,5 @@ def test_bad_settings_raise(setup, tmp_path):
         build(micro(setup, "data.sampler.cfg_weight=0.7"))
     with pytest.raises(ValueError, match="meanflow.neq_ratio|neq_ratio"):
         micro(setup, "meanflow.neq_ratio=2.0")
-    with pytest.raises(ValueError, match="meanflow.teacher: "):
+    with pytest.raises(FileNotFoundError, match="meanflow.teacher: "):
         build(micro(setup, f"meanflow.teacher={tmp_path}"))

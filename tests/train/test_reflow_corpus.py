@@ -28,6 +28,8 @@ from train.experiments.reflow_couplings import COUPLING_KEYS
 
 from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
 
+pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs: the heaviest files (README, Tests)
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """``(corpus dir, teacher workdir)``: the teacher's config.json and one checkpoint of random parameters."""

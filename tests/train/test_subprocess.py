@@ -11,8 +11,11 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs: the heaviest files (README, Tests)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DRIVERS = ROOT / "tests" / "train" / "drivers.py"
