@@ -1,17 +1,23 @@
-"""Full-size CosyVoice2 estimator (71.3 M params, random weights): offline forward and streaming chunk step.
+"""Full-size CosyVoice2 estimator (71.3 M params, random weights): offline forward and streaming chunk step; with a
+CosyVoice checkout, side by side with the original ``CausalConditionalDecoder`` in one process.
 
-    python benchmarks/bench_estimator.py [--quick] [--dtypes fp32,bf16]
+    python benchmarks/bench_estimator.py [--quick] [--dtypes fp32,bf16] [--cosyvoice PATH [--matcha PATH]]
+        [--rounds 5]
 
-(a) offline forward, batch 2 (the CFG pair), full-context attention, T = 100, 200, 500, 1000 frames;
-(b) one streaming chunk step (C = 50 frames; batch 1 = one stream, batch 2 = one stream with CFG) with a K/V
-    window of W = 100, 500, 1000 frames, the cache donated so that the ring buffers are updated in place, and the
-    mid-stage weights split once with ``split_mid_params``.
+(a) offline forward, batch 2 (the CFG pair), full-context attention, T = 100, 200, 500, 1000 frames. With
+    ``--cosyvoice`` the original estimator is built in torch with seeded random weights
+    (``sidebyside.build.build_estimator``), the same weights go through ``fmjax.convert.causal_unet``, the outputs
+    are compared (max |fmjax - torch|, must be <= 1e-3) and both are timed interleaved in ``--rounds`` rounds
+    (``timing.interleaved``): torch s, fmjax s, the per-round ratio torch / fmjax and the load average.
+(b) one streaming chunk step of fmjax (C = 50 frames; batch 1 = one stream, batch 2 = one stream with CFG) with a
+    K/V window of W = 100, 500, 1000 frames, the cache donated (ring buffers updated in place): ``filled`` after
+    the window is full, ``first`` on an empty cache (the step attends only over the filled part of the ring, so a
+    stream's first chunks are cheaper; see ``fmjax.nn.attention``). The original has no streaming step (CosyVoice
+    re-runs the flow over the prefix: see ``bench_token2wav.py``).
 
-Each row gives the median time, the estimated FLOPs (matmuls and convolutions: 2·weights·frames; attention:
-4·frames·keys·width per layer), the achieved GFLOP/s and its ratio to this machine's matmul peak, measured in the
-same run (a large square matmul in the same dtype). For (a) the PyTorch-eager times measured by the reference
-harness on the CPU machine (0.198 / 0.350 / 1.18 / 3.71 s) are quoted for comparison. The same script runs
-unchanged on a GPU (default: fp32 on CPU, fp32 and bf16 on a GPU). Writes
+Each row gives the median time, the FLOPs (matmuls and convolutions: 2·weights·frames; attention:
+4·frames·keys·width per layer, keys = the window attended), GFLOP/s and its share of this machine's fp32 peak
+measured by ``benchmarks/roofline.py`` (the FMA kernel; not a matmul rate). Writes
 ``benchmarks/results/bench_estimator_<backend>.json``.
 """
 
@@ -28,20 +34,14 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import block, print_table, time_call, write_json  # noqa: E402
+from roofline import peak_gflop_s  # noqa: E402
+from sidebyside import wiring  # noqa: E402
 
 from fmjax.cond import MelCond  # noqa: E402
-from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig, split_mid_params  # noqa: E402
+from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig  # noqa: E402
+from fmjax.nn.attention import window_buckets  # noqa: E402
 
-TORCH_EAGER_S = {100: 0.198, 200: 0.350, 500: 1.18, 1000: 3.71}  # offline, batch 2, CPU (issue 3)
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
-
-
-def matmul_peak(dtype, n: int, repeats: int) -> float:
-    """GFLOP/s of an ``n x n`` matmul in ``dtype`` (median)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    f = jax.jit(lambda a, b: a @ b)
-    t = time_call(lambda: f(a, a), repeats=repeats, warmup=2)["median_s"]
-    return 2 * n**3 / t / 1e9
 
 
 def random_params(model: CausalConditionalDecoder, dtype):
@@ -77,73 +77,129 @@ def inputs(cfg: CausalUNetConfig, b: int, t: int, dtype):
     return jax.random.normal(ks[0], (b, t, cfg.mel_dim), dtype), cond, jnp.full((b,), 0.5, jnp.float32)
 
 
+def flops(cfg: CausalUNetConfig, p_frame: int, frames: int, keys: int) -> float:
+    """2·weights·frames + 4·frames·keys·width per attention layer (``frames`` query rows, batch included)."""
+    layers, inner = (2 + cfg.num_mid_blocks) * cfg.n_blocks, cfg.num_heads * cfg.head_dim
+    return 2.0 * p_frame * frames + layers * 4.0 * frames * keys * inner
+
+
+def sidebyside_offline(orig, lengths, rounds):
+    """(a) against the original: interleaved rows and the agreement checks."""
+    from sidebyside import build, procedures as proc
+    from timing import interleaved, json_ready, sidebyside_row
+
+    est, sd = build.build_estimator(orig, size="full")
+    cfg, params = wiring.fmjax_estimator(sd)
+    del sd
+    model = CausalConditionalDecoder(cfg)
+    offline = jax.jit(lambda p, x, c, t: model.apply(p, x, c, t)[0])
+    rows, checks, raw = [], [], {}
+    for t_len in lengths:
+        inp = proc.estimator_inputs(2, t_len)
+        x, t = jnp.asarray(wiring.tl(inp["x"])), jnp.asarray(inp["t"])
+        cond = MelCond(jnp.asarray(wiring.tl(inp["mu"])), jnp.asarray(inp["spks"]), jnp.asarray(wiring.tl(inp["cond"])),
+                       jnp.asarray(inp["mask"][:, 0]))
+        res = interleaved({"torch": proc.estimator_call(est, inp), "fmjax": lambda: offline(params, x, cond, t)},
+                          rounds=rounds, warmup=1)
+        checks.append(wiring.agreement(f"estimator b=2 T={t_len}", wiring.tl(res["outputs"]["fmjax"]),
+                                       res["outputs"]["torch"].numpy()))
+        rows.append(sidebyside_row(f"estimator offline b=2 T={t_len}", res, diff=checks[-1]["max_abs_diff"]))
+        raw[t_len] = json_ready(res)
+        print(rows[-1], flush=True)
+    return rows, checks, raw
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     ap.add_argument("--dtypes", default=None, help="comma-separated: fp32,bf16 (default fp32 on CPU, both on GPU)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds side by side (default 5; quick 3)")
+    wiring.add_options(ap)
     args = ap.parse_args()
+    orig = wiring.originals_or_exit(ap, args)
     backend = jax.default_backend()
     dtypes = (args.dtypes or ("fp32" if backend == "cpu" else "fp32,bf16")).split(",")
+    if any(d not in DTYPES for d in dtypes):
+        ap.error(f"--dtypes: expected a comma-separated subset of {sorted(DTYPES)}, got {args.dtypes!r}")
     repeats = 3 if args.quick else 7
+    rounds = args.rounds or (3 if args.quick else 5)
     lengths = (100, 500) if args.quick else (100, 200, 500, 1000)
     windows = (100, 1000) if args.quick else (100, 500, 1000)
+    peak, peak_source = peak_gflop_s()
+    print(f"peak fp32 {peak} GFLOP/s ({peak_source})", flush=True)
     cfg = CausalUNetConfig()
     model = CausalConditionalDecoder(cfg)
-    attn_layers = (2 + cfg.num_mid_blocks) * cfg.n_blocks
-    inner = cfg.num_heads * cfg.head_dim
-    b, chunk = 2, cfg.chunk_size
-    rows, peaks = [], {}
+    chunk = cfg.chunk_size
+    side_rows, checks, raw = ([], [], {}) if orig is None else sidebyside_offline(orig, lengths, rounds)
+    rows = []
     for name in dtypes:
         dtype = DTYPES[name]
-        peaks[name] = matmul_peak(dtype, 2048 if backend == "cpu" else 8192, repeats)
         params = random_params(model, dtype)
         p_frame = frame_weights(params)
 
-        def record(mode, size, batch, seconds, flops, compile_s, torch_s=None):
-            row = {"mode": mode, "T_or_W": size, "batch": batch, "dtype": name, "median_ms": 1e3 * seconds,
-                   "gflop": flops / 1e9, "gflop_s": flops / seconds / 1e9, "of_peak": flops / seconds / 1e9 / peaks[name],
-                   "compile_s": compile_s}
-            if torch_s is not None:
-                row.update(torch_ms=1e3 * torch_s, speedup=torch_s / seconds)
-            rows.append(row)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        def record(mode, size, batch, seconds, n_flops, compile_s, keys):
+            rate = n_flops / seconds / 1e9
+            rows.append({"mode": mode, "T_or_W": size, "batch": batch, "dtype": name, "keys": keys,
+                         "median_ms": 1e3 * seconds, "gflop": n_flops / 1e9, "gflop_s": rate,
+                         "of_peak": rate / peak if peak else None, "compile_s": compile_s})
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
 
         offline = jax.jit(lambda p, x, c, t: model.apply(p, x, c, t)[0])
         for t_len in lengths:
-            x, cond, t = inputs(cfg, b, t_len, dtype)
+            x, cond, t = inputs(cfg, 2, t_len, dtype)
             t0 = time.perf_counter()
             block(offline(params, x, cond, t))
             compile_s = time.perf_counter() - t0
             seconds = time_call(lambda: offline(params, x, cond, t), repeats=repeats)["median_s"]
-            flops = 2 * p_frame * b * t_len + attn_layers * 4 * b * t_len * t_len * inner
-            record("offline", t_len, b, seconds, flops, compile_s, TORCH_EAGER_S.get(t_len) if name == "fp32" else None)
+            record("offline", t_len, 2, seconds, flops(cfg, p_frame, 2 * t_len, t_len), compile_s, t_len)
 
         step = jax.jit(lambda p, x, c, t, cache: model.apply(p, x, c, t, cache), donate_argnums=4)
-        step_params = split_mid_params(params)  # per-stage mid weights: no slicing of the stack at every chunk
         for bs, window in [(bs, w) for bs in (1, 2) for w in windows]:
             x, cond, t = inputs(cfg, bs, chunk, dtype)
             state = {"cache": model.init_cache(bs, window, dtype)}
 
             def run():
-                v, state["cache"] = step(step_params, x, cond, t, state["cache"])
+                v, state["cache"] = step(params, x, cond, t, state["cache"])
                 return v
+
+            def fresh():  # the first chunk of a stream: an empty ring (a new cache, made outside the timing)
+                state["cache"] = block(model.init_cache(bs, window, dtype))
 
             t0 = time.perf_counter()
             block(run())
             compile_s = time.perf_counter() - t0
+            firsts = []
+            for _ in range(repeats):
+                fresh()
+                t0 = time.perf_counter()
+                block(run())
+                firsts.append(time.perf_counter() - t0)
+            first_keys = window_buckets(window, chunk)[0]
+            record("stream C=50 first", window, bs, float(np.median(firsts)),
+                   flops(cfg, p_frame, bs * chunk, first_keys), compile_s, first_keys)
             for _ in range(window // chunk):  # fill the window before timing
                 run()
             seconds = time_call(run, repeats=repeats)["median_s"]
-            flops = 2 * p_frame * bs * chunk + attn_layers * 4 * bs * chunk * window * inner
-            record("stream step C=50", window, bs, seconds, flops, compile_s)
+            record("stream C=50 filled", window, bs, seconds, flops(cfg, p_frame, bs * chunk, window), compile_s,
+                   window)
             del state
 
-    cols = ["mode", "T_or_W", "batch", "dtype", "median_ms", "gflop", "gflop_s", "of_peak", "torch_ms", "speedup",
-            "compile_s"]
-    title = f"CosyVoice2 estimator, {backend}; matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
-    print_table(rows, cols, title=title)
-    write_json(f"bench_estimator_{backend}", {"config": cfg.__dict__, "matmul_peak_gflop_s": peaks, "rows": rows,
-                                              "cache_bytes_batch2": {w: model.cache_nbytes(2, w) for w in windows}})
+    cols = ["mode", "T_or_W", "batch", "dtype", "keys", "median_ms", "gflop", "gflop_s", "of_peak", "compile_s"]
+    peak_text = f"{peak:.0f} GFLOP/s" if peak else "unknown"
+    print_table(rows, cols, title=f"CosyVoice2 estimator (fmjax), {backend}; fp32 peak {peak_text} ({peak_source})")
+    if side_rows:
+        from timing import print_sidebyside
+
+        print_sidebyside(side_rows, title="(a) side by side, batch 2, fp32, random weights (ratio = torch s / fmjax s, "
+                                          "median over interleaved rounds)")
+        print_table(checks, ["check", "max_abs_diff", "torch_std", "tol", "ok"], title="agreement")
+    write_json(f"bench_estimator_{backend}", {
+        "config": cfg.__dict__, "peak_gflop_s": peak, "peak_source": peak_source, "rows": rows,
+        "sidebyside": side_rows, "agreement": checks, "interleaved": raw,
+        "originals": None if orig is None else orig.facts(),
+        "cache_bytes_batch2": {w: model.cache_nbytes(2, w) for w in windows}})
+    if checks and not all(c["ok"] for c in checks):
+        sys.exit("fmjax and torch outputs disagree beyond the tolerance (see the agreement table)")
 
 
 if __name__ == "__main__":

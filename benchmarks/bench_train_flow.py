@@ -3,7 +3,7 @@ AdamW + EMA) of the **full-size** flow (112.5 M parameters, vocabulary 6561) on 
 frames, and of the ``token2mel`` experiment's presets on corpus batches; compile time and peak memory.
 
     python benchmarks/bench_train_flow.py [--quick] [--cases full tiny tiny_full tiny_chunked tiny_batch default]
-        [--baseline /path/to/an/older/fmjax/checkout] [--rounds 2]
+        [--baseline /path/to/an/older/fmjax/checkout] [--rounds 2] [--cosyvoice PATH [--matcha PATH]]
 
 Cases: ``full`` (below), the ``token2mel`` presets ``tiny`` / ``default`` (unified training: chunk masks or full
 context drawn per row), and the tiny preset with every row full-context (``tiny_full``), every row chunk-masked
@@ -13,6 +13,14 @@ With ``--baseline`` the same cases also run on another checkout of fmjax (e.g. t
 contract landed), alternating with this one in ``--rounds`` rounds, and the table gains their times and the
 ratios. (On such an older checkout ``tiny`` is its ``unified="rows"`` preset and ``tiny_batch`` its per-batch
 ``lax.cond``.)
+
+With ``--cosyvoice`` the ``full`` case also runs CosyVoice2's own training step side by side, in the same
+subprocess, alternating step by step: the original ``CausalMaskedDiffWithXvec`` built in torch with seeded random
+weights (``sidebyside.build.build_flow``; ``flow.train()``, ``loss = flow(batch)["loss"]``, backward, clip 5, Adam:
+``sidebyside.procedures.make_train_step``) on the same 4 x 500-frame batch, and fmjax's step on the same weights
+converted through ``fmjax.convert.flow``; the row gains ``torch_step_s``, ``torch frames/s`` and ``torch / fmjax``
+(the median of the per-round ratios) and the load. (The two losses draw their random numbers from different
+generators; their cost does not depend on the draws.)
 
 Each case runs in its own subprocess, so that ``peak_rss_mb`` (the process's maximum resident set size) belongs to
 that case alone. ``frames/s`` counts the mel frames of a batch including padding (the work done); ``valid
@@ -63,8 +71,11 @@ def _random_batches(cfg, n: int, seed: int = 0) -> list[dict]:
     } for _ in range(n)]
 
 
-def measure(case: str, steps: int, repeats: int) -> dict:
-    """One case in this process: build, compile, time ``repeats`` windows of ``steps`` steps."""
+def measure(case: str, steps: int, repeats: int, cosyvoice: str | None = None, matcha: str | None = None) -> dict:
+    """One case in this process: build, compile, time ``repeats`` windows of ``steps`` steps (``full`` with
+    ``cosyvoice``: interleaved with the original's step, :func:`_sidebyside`)."""
+    if case == "full" and cosyvoice:
+        return _sidebyside(cosyvoice, matcha, rounds=max(2, repeats))
     import jax
     import numpy as np
     from common import time_compile, time_train_steps
@@ -121,8 +132,63 @@ def measure(case: str, steps: int, repeats: int) -> dict:
     }
 
 
-def _run(case: str, quick: bool, code: pathlib.Path) -> dict:
-    cmd = [sys.executable, __file__, "--one", case] + (["--quick"] if quick else [])
+def _sidebyside(cosyvoice: str, matcha: str | None, rounds: int) -> dict:
+    """The full-size step of CosyVoice2 (torch) and of fmjax on the same weights and batch, alternating."""
+    import jax
+    import numpy as np
+    from common import time_compile
+    from sidebyside import build, procedures as proc, wiring
+    from sidebyside.originals import load_originals
+    from timing import interleaved
+
+    from fmjax.models.flow import CosyVoice2Flow
+    from fmjax.token2mel import COSYVOICE2_LOSS, flow_loss
+    from train.configs import token2mel
+    from train.optim import make_optimizer, make_schedule
+    from train.sharding import make_mesh, shard_batch, state_shardings
+    from train.state import abstract_state, state_from_params
+    from train.step import jit_train_step, make_train_step
+
+    orig = load_originals(cosyvoice, matcha)
+    flow, sd = build.build_flow(orig, size="full")
+    cfg_flow, params = wiring.fmjax_flow(sd)
+    del sd
+    model = CosyVoice2Flow(cfg_flow)
+    torch_batch = proc.train_batch(FULL_BATCH, FULL_FRAMES)
+    torch_step = proc.make_train_step(flow)
+    batch = {"tokens": torch_batch["speech_token"], "token_len": torch_batch["speech_token_len"],
+             "mel": torch_batch["speech_feat"], "mel_mask": np.ones((FULL_BATCH, FULL_FRAMES), np.float32),
+             "spk": torch_batch["embedding"], "row_mask": np.ones((FULL_BATCH,), np.float32)}
+    cfg = token2mel.get_config("tiny")  # its optimizer settings
+    mesh = make_mesh(1)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps), make_schedule(cfg.optim, cfg.train.steps)
+    key = jax.random.key(0)
+    shardings = state_shardings(abstract_state(lambda k: params, optimizer, key), mesh)
+    state = state_from_params(params, optimizer, shardings)
+    loss_fn = lambda p, b, k: flow_loss(model, p, b, k, loss=COSYVOICE2_LOSS)  # noqa: E731
+    step = jit_train_step(make_train_step(loss_fn, optimizer, schedule, ema_decay=cfg.optim.ema_decay), shardings,
+                          mesh)
+    batch = shard_batch(batch, mesh)
+    compile_s = time_compile(step, state, batch, key)
+    holder = {"state": state}
+
+    def run_fmjax():
+        holder["state"], metrics = step(holder["state"], batch, key)
+        return metrics["loss"]
+
+    res = interleaved({"torch": lambda: torch_step(torch_batch), "fmjax": run_fmjax}, rounds=rounds, warmup=1)
+    frames = FULL_BATCH * FULL_FRAMES
+    t, f = res["torch"]["median_s"], res["fmjax"]["median_s"]
+    return {"case": "full", "params": int(sum(x.size for x in jax.tree.leaves(params))),
+            "batch": f"{FULL_BATCH} x {FULL_FRAMES}", "step_s": f, "frames/s": frames / f, "valid frames/s": frames / f,
+            "torch_step_s": t, "torch frames/s": frames / t, "torch / fmjax": res["ratio_median"],
+            "rounds": rounds, "compile_s": compile_s, "load_start": res["load_start"], "load_end": res["load_end"],
+            "torch_loss": float(res["outputs"]["torch"]), "fmjax_loss": float(res["outputs"]["fmjax"]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "originals": orig.facts()}
+
+
+def _run(case: str, quick: bool, code: pathlib.Path, side: list[str] = ()) -> dict:
+    cmd = [sys.executable, __file__, "--one", case] + (["--quick"] if quick else []) + list(side)
     env = dict(os.environ, FMJAX_BENCH_CODE=str(code), PYTHONPATH=str(code))
     proc = subprocess.run(cmd, cwd=code, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -139,11 +205,19 @@ def main():
     ap.add_argument("--baseline", help="another fmjax checkout to time alongside (its commit's code, same cases)")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds with --baseline (default 1)")
     ap.add_argument("--one", choices=CASES, help=argparse.SUPPRESS)  # internal: run one case, print its JSON row
+    from sidebyside import wiring
+
+    wiring.add_options(ap)
     args = ap.parse_args()
     steps, repeats = (2, 2) if args.quick else (5, 3)
     if args.one:
-        print(json.dumps(measure(args.one, steps if args.one != "full" else 2, repeats)))
+        print(json.dumps(measure(args.one, steps if args.one != "full" else 2, repeats, args.cosyvoice, args.matcha)))
         return
+    if args.cosyvoice:
+        wiring.originals_or_exit(ap, args)  # a bad path is a usage error here, not a failed subprocess
+    side = ["--cosyvoice", str(pathlib.Path(args.cosyvoice).resolve())] if args.cosyvoice else []
+    if side and args.matcha:
+        side += ["--matcha", str(pathlib.Path(args.matcha).resolve())]
     from common import print_table, write_json
 
     import statistics
@@ -152,7 +226,7 @@ def main():
     for case in args.cases:
         new, old = [], []
         for _ in range(max(1, args.rounds)):
-            new.append(_run(case, args.quick, ROOT))
+            new.append(_run(case, args.quick, ROOT, side if case == "full" else ()))
             if args.baseline:
                 old.append(_run(case, args.quick, pathlib.Path(args.baseline).resolve()))
         row = dict(new[-1], step_s=statistics.median(r["step_s"] for r in new))
@@ -166,7 +240,8 @@ def main():
         single = min(by_case["tiny_full"]["step_s"], by_case["tiny_chunked"]["step_s"])
         by_case["tiny"]["unified / faster single mode"] = by_case["tiny"]["step_s"] / single
     cols = ["case", "params", "batch", "step_s", "baseline_step_s", "speed-up", "unified / faster single mode",
-            "frames/s", "valid frames/s", "compile_s", "peak_rss_mb", "load_1m"]
+            "frames/s", "valid frames/s", "torch_step_s", "torch frames/s", "torch / fmjax", "compile_s", "peak_rss_mb",
+            "load_start", "load_end", "load_1m"]
     print_table(rows, [c for c in cols if any(c in r for r in rows)],
                 title="CosyVoice2 flow train step: unified CFM loss fwd + bwd + clip + AdamW + EMA, fp32, "
                       "1 CPU device (median over windows and rounds)")
