@@ -40,7 +40,7 @@ RESUME_SAFE_KEYS = (
     "train.eval_ema", "train.max_batch_shapes", "train.num_devices", "train.fsdp", "train.init_from",
 )
 RUN_FILES = ("checkpoints", "corrupt_checkpoints", "config.json", "metrics.jsonl", "done.json", "resumes.jsonl",
-             "tb", "samples", "loss_curve.png")
+             "tb", "samples", "loss_curve.png", "metrics.png", "reflow_report.json")
 ARCHIVE_DIR = "archive"
 
 
