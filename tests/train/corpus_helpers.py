@@ -26,3 +26,26 @@ def micro_corpus(root, n_train: int = 6, n_valid: int = 1):
                 speakers={c.speakers[s]: c.spk_embeddings[s] for s in range(2)}, records=records, mels=mels,
                 tokens=tokens)
     return root
+
+
+def micro_teacher(root):
+    """A token2mel "teacher" workdir at ``root`` for the student experiments' tests: the tiny preset's config with
+    :data:`SMALL_FLOW` and one checkpoint of random parameters (key 0). Returns ``(root, params)``."""
+    import dataclasses
+
+    import jax
+    import optax
+
+    from fmjax.models.flow import CosyVoice2Flow, init_flow_params
+    from train.checkpoint import Checkpointer
+    from train.config import config_to_dict, write_config
+    from train.state import make_state
+
+    cfg = token2mel.get_config("tiny")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, flow=SMALL_FLOW))
+    write_config(cfg, root / "config.json")
+    params = jax.jit(lambda k: init_flow_params(CosyVoice2Flow(SMALL_FLOW), k))(jax.random.key(0))
+    ckpt = Checkpointer(root / "checkpoints", 1)
+    ckpt.save(make_state(params, optax.sgd(0.1)), position=0, config=config_to_dict(cfg))
+    ckpt.close()
+    return root, params

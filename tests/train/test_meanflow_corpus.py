@@ -4,26 +4,20 @@ at NFE 1 and 2 without CFG, and its workdir streams through the CLI's loader as 
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from fmjax import meanflow
 from fmjax.checkpoint import load_flow
-from fmjax.models.flow import CosyVoice2Flow, init_flow_params
-from train.checkpoint import Checkpointer
-from train.config import apply_overrides, config_to_dict, write_config
+from train.config import apply_overrides
 from train.configs import meanflow as meanflow_config
-from train.configs import token2mel
 from train.experiments import build
 from train.loop import run
 from train.metrics import read_metrics
-from train.state import make_state
 
-from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
+from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus, micro_teacher
 
 pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs: the heaviest files (README, Tests)
 
@@ -33,14 +27,7 @@ def setup(tmp_path_factory):
     """``(corpus dir, teacher workdir, teacher params)``: a token2mel config.json and one checkpoint of random
     parameters."""
     corpus = micro_corpus(tmp_path_factory.mktemp("corpus"))
-    teacher = tmp_path_factory.mktemp("teacher")
-    cfg = token2mel.get_config("tiny")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, flow=SMALL_FLOW))
-    write_config(cfg, teacher / "config.json")
-    params = jax.jit(lambda k: init_flow_params(CosyVoice2Flow(SMALL_FLOW), k))(jax.random.key(0))
-    ckpt = Checkpointer(teacher / "checkpoints", 1)
-    ckpt.save(make_state(params, optax.sgd(0.1)), position=0, config=config_to_dict(cfg))
-    ckpt.close()
+    teacher, params = micro_teacher(tmp_path_factory.mktemp("teacher"))
     return corpus, teacher, params
 
 

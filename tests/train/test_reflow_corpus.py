@@ -4,29 +4,24 @@ student's loss on the couplings falls. A micro teacher (random parameters of a t
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from fmjax.cond import MelCond
-from fmjax.models.flow import CosyVoice2Flow, init_flow_params
 from fmjax.reflow import GridT
 from fmjax.samplers import classifier_free_guidance, sample
 from fmjax.timesteps import time_grid
-from train.checkpoint import Checkpointer
-from train.config import apply_overrides, config_to_dict, write_config
-from train.configs import reflow, token2mel
+from train.config import apply_overrides
+from train.configs import reflow
 from train.loop import run
 from train.metrics import read_metrics
-from train.state import make_state
 from train.experiments import build  # noqa: E402
 from train.experiments.reflow_couplings import COUPLING_KEYS
 
-from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
+from tests.train.corpus_helpers import micro_corpus, micro_teacher
 
 pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs: the heaviest files (README, Tests)
 
@@ -34,14 +29,7 @@ pytestmark = pytest.mark.slow  # corpus training / subprocesses / full programs:
 def setup(tmp_path_factory):
     """``(corpus dir, teacher workdir)``: the teacher's config.json and one checkpoint of random parameters."""
     corpus = micro_corpus(tmp_path_factory.mktemp("corpus"))
-    teacher = tmp_path_factory.mktemp("teacher")
-    cfg = token2mel.get_config("tiny")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, flow=SMALL_FLOW))
-    write_config(cfg, teacher / "config.json")
-    params = jax.jit(lambda k: init_flow_params(CosyVoice2Flow(SMALL_FLOW), k))(jax.random.key(0))
-    ckpt = Checkpointer(teacher / "checkpoints", 1)
-    ckpt.save(make_state(params, optax.sgd(0.1)), position=0, config=config_to_dict(cfg))
-    ckpt.close()
+    teacher, params = micro_teacher(tmp_path_factory.mktemp("teacher"))
     return corpus, teacher
 
 
