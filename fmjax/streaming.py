@@ -9,12 +9,6 @@ far the stream has gone, so one compiled chunk step serves the whole stream.
 
 The noise of a frame is taken from a caller-supplied array by absolute frame index (CosyVoice's fixed noise,
 :func:`fmjax.noise.cosyvoice_noise`), so it never depends on the chunking.
-
-**No copies of the rings.** The K/V ring buffers (:class:`fmjax.nn.attention.KVCache`) of all evaluations are
-handed to each evaluation as one stack of rows with ``row0`` naming its rows (``[n·stages·b]`` rows, a reshape of
-the ``[n, stages, b]`` leading axes): the estimator writes its chunk into the stack in place and reads only its own
-rows, so the loop never copies an evaluation's rings out and back (at full size that copy was about a fifth of
-a chunk's time). Every other leaf (conv histories, small) is sliced out and written back per evaluation.
 """
 
 from __future__ import annotations
@@ -24,7 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fmjax.samplers import Solver, _checked, _combine, _stage_inputs, _times, get_solver
+from fmjax.samplers import Solver, get_solver, rk_step_cached
 from fmjax.timesteps import validate_grid
 from fmjax.typing import Array, Float, Int, PyTree
 
@@ -81,49 +75,15 @@ def sample_chunk(
             )
 
     def body(s, carry):
+        # The stacked caches ride in the loop carry: step s reads slice s and writes it back in place. (As scan
+        # xs/ys they would be copied in and out and held twice: at full size that doubles the chunk time.)
         x, caches = carry
-        t, dt = grid[s], grid[s + 1] - grid[s]
-        end = {"r": _times(t + dt, x)} if getattr(solver, "interval", False) else {}  # a MeanFlow step's end
-        ks = []
-        for i in range(solver.stages):  # as samplers.rk_step_cached, with the evaluation's cache a view
-            xi = _stage_inputs(solver, dt, x, ks, i)
-            v, new = velocity(_times(t + solver.c[i] * dt, x), xi, cond_chunk, _evaluation_cache(caches, s, i), **end)
-            ks.append(_checked(v, x))
-            caches = _store_evaluation_cache(caches, new, s, i)
-        return _combine(solver, dt, x, ks).astype(x0_chunk.dtype), caches
+        cache_s = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, s, 0, keepdims=False), caches)
+        x, cache_s = rk_step_cached(solver, velocity, grid[s], grid[s + 1] - grid[s], x, cond_chunk, cache_s)
+        caches = jax.tree_util.tree_map(lambda a, u: jax.lax.dynamic_update_index_in_dim(a, u, s, 0), caches, cache_s)
+        return x.astype(x0_chunk.dtype), caches
 
     return jax.lax.fori_loop(0, n, body, (x0_chunk, caches))
-
-
-def _is_kv(a) -> bool:
-    from fmjax.nn.attention import KVCache  # the streaming core does not import the nn blocks at module level
-
-    return isinstance(a, KVCache)
-
-
-def _evaluation_cache(caches: PyTree, s, i: int) -> PyTree:
-    """Evaluation ``(s, i)``'s cache: K/V rings as row views of the whole stack (``row0``), other leaves sliced."""
-    def view(a):
-        if _is_kv(a):
-            n, stages, b = a.pos.shape[:3]
-            flat = [x.reshape((n * stages * b,) + x.shape[3:]) for x in (a.keys, a.values, a.pos, a.count)]
-            return a._replace(keys=flat[0], values=flat[1], pos=flat[2], count=flat[3],
-                              row0=((s * stages + i) * b).astype(jnp.int32))
-        return jax.lax.dynamic_index_in_dim(a, s, 0, keepdims=False)[i]
-
-    return jax.tree_util.tree_map(view, caches, is_leaf=_is_kv)
-
-
-def _store_evaluation_cache(caches: PyTree, new: PyTree, s, i: int) -> PyTree:
-    """The stack after evaluation ``(s, i)``: its rings were written in place; other leaves are written back."""
-    def store(a, u):
-        if _is_kv(a):
-            return a._replace(**{f: getattr(u, f).reshape(getattr(a, f).shape) for f in ("keys", "values", "pos",
-                                                                                         "count")})
-        step = jax.lax.dynamic_index_in_dim(a, s, 0, keepdims=False).at[i].set(u)
-        return jax.lax.dynamic_update_index_in_dim(a, step, s, 0)
-
-    return jax.tree_util.tree_map(store, caches, new, is_leaf=_is_kv)
 
 
 def take_frames(noise: Float[Array, "T ..."], start: Int[Array, ""], length: int) -> Float[Array, "c ..."]:
@@ -155,27 +115,11 @@ def keep_idle_rows(active: Array, new_cache: PyTree, old_cache: PyTree) -> PyTre
 
 def check_cache_shapes(cache: PyTree, expected: PyTree, what: str, name: str = "cache") -> None:
     """Raises ``ValueError`` unless ``cache`` has the structure, leaf shapes and dtypes of ``expected`` (e.g. the
-    ``jax.eval_shape`` of the module's ``init_cache``); ``what`` describes the expected configuration. A K/V ring given
-    as a row view of a stack (``row0`` set, see :func:`sample_chunk`) is checked at its call's rows."""
-    from fmjax.nn.attention import KVCache
-
-    got, tree = jax.tree_util.tree_flatten(cache, is_leaf=_is_kv)
-    want, want_tree = jax.tree_util.tree_flatten_with_path(expected, is_leaf=_is_kv)
-    if tree != want_tree:
+    ``jax.eval_shape`` of the module's ``init_cache``); ``what`` describes the expected configuration."""
+    if jax.tree_util.tree_structure(cache) != jax.tree_util.tree_structure(expected):
         raise ValueError(f"{name}: its structure does not match init_cache ({what}); was it made for another "
                          "model or configuration?")
-    for (path, w), g in zip(want, got):
-        if _is_kv(g) and g.row0 is not None and _is_kv(w):
-            rows = w.pos.shape[0]
-            if g.pos.shape[0] < rows:
-                raise ValueError(f"{name}{jax.tree_util.keystr(path)}: a stack of {g.pos.shape[0]} rows cannot hold "
-                                 f"the call's {rows} ({what})")
-            g = KVCache(*(jax.ShapeDtypeStruct((rows,) + tuple(jnp.shape(a))[1:], jnp.result_type(a))
-                          for a in (g.keys, g.values, g.pos, g.count)))
-        pairs = zip(jax.tree_util.tree_leaves_with_path(w), jax.tree_util.tree_leaves(g)) if _is_kv(w) else \
-            [(((), w), g)]
-        for (sub, want_leaf), leaf in pairs:
-            if tuple(jnp.shape(leaf)) != tuple(want_leaf.shape) or jnp.result_type(leaf) != want_leaf.dtype:
-                raise ValueError(f"{name}{jax.tree_util.keystr(tuple(path) + tuple(sub))}: expected "
-                                 f"{want_leaf.dtype}{list(want_leaf.shape)} ({what}), got "
-                                 f"{jnp.result_type(leaf)}{list(jnp.shape(leaf))}")
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree_util.tree_leaves(cache)):
+        if tuple(jnp.shape(got)) != tuple(want.shape) or jnp.result_type(got) != want.dtype:
+            raise ValueError(f"{name}{jax.tree_util.keystr(path)}: expected {want.dtype}{list(want.shape)} "
+                             f"({what}), got {jnp.result_type(got)}{list(jnp.shape(got))}")

@@ -301,7 +301,7 @@ class CausalConditionalDecoder(nn.Module):
             return t, cond
         if not isinstance(cache, CausalUNetCache):
             raise TypeError(f"cache: expected a CausalUNetCache from init_cache, got {type(cache).__name__}")
-        if cache.down.attn:  # b rows, or a stack of rings with row0 (a streaming sampler's; fmjax.nn.attention)
+        if cache.down.attn:
             check_kv_rows(cache.down.attn[0], b)
         window = cache.down.attn[0].pos.shape[1] if cache.down.attn else cfg.min_window()
         dtype = cache.down.resnet.block1.history.dtype

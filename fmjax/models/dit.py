@@ -250,7 +250,7 @@ class DiT(nn.Module):
         pos = cache.blocks[0].pos if len(cache.blocks) else None
         if getattr(pos, "ndim", 2) != 2:
             raise ValueError(f"cache.blocks[0].pos: expected shape [b, w], got {getattr(pos, 'shape', pos)}")
-        if pos is not None:  # b rows, or a stack of rings with row0 (a streaming sampler's; fmjax.nn.attention)
+        if pos is not None:
             check_kv_rows(cache.blocks[0], b)
         window = pos.shape[1] if pos is not None else cfg.min_window()
         if window < cfg.min_window():

@@ -25,11 +25,6 @@ nothing to compute without copying their buffers.
 every row's slots (:func:`window_buckets`: ``C, 2C, 4C, ...`` capped at ``w``), chosen from the positions by a
 ``lax.switch`` inside the one compiled step. The first chunks of a stream therefore do not pay for an empty ring;
 the result is the same (the slots left out are empty, i.e. masked).
-
-**Stacked rings (row views).** A :class:`KVCache` may hold the rings of several calls in one buffer (e.g. a
-streaming sampler's one ring per ODE step, rows ``[n·stages·b]``); ``row0`` (a traced int32 scalar) then names the
-first of this call's ``b`` rows. Writes go straight into the buffer (in place when it is donated or carried in a
-loop) and reads take only this call's rows and window, so no per-step copy of the whole ring is made.
 """
 
 from __future__ import annotations
@@ -53,15 +48,12 @@ class KVCache(NamedTuple):
       values: ``[b, w, h, k]``.
       pos: ``[b, w]`` int32 absolute frame position held by each slot; ``-1`` = empty slot or padded frame.
       count: ``[b]`` int32 frames written so far per row (absolute position of the row's next chunk).
-      row0: None (the buffers hold exactly the call's rows), or an int32 scalar: the buffers hold ``R >= b`` rows
-        (several calls' rings stacked) and this call uses rows ``row0 .. row0 + b - 1`` (see "Stacked rings").
     """
 
     keys: Float[Array, "b w h k"]
     values: Float[Array, "b w h k"]
     pos: Int[Array, "b w"]
     count: Int[Array, "b"]
-    row0: Int[Array, ""] | None = None
 
 
 def init_kv_cache(batch: int, window: int, heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
@@ -78,79 +70,51 @@ def kv_cache_write(
 ) -> KVCache:
     """Writes a chunk of ``c <= w`` frames at each row's stream positions ``count .. count+c-1`` (slots ``pos % w``);
     frames with ``valid = False`` are stored with position ``-1`` so that no query ever sees them. A row with no
-    valid frame is idle: it does not advance (see the module docstring). With ``cache.row0`` set, rows
-    ``row0 .. row0 + b - 1`` of the buffers are written."""
-    rows_total, w = cache.pos.shape
-    b, c = k.shape[:2]
+    valid frame is idle: it does not advance (see the module docstring)."""
+    b, w = cache.pos.shape
+    c = k.shape[1]
     if c > w:
         raise ValueError(f"k: a chunk of {c} frames does not fit a window of {w} slots")
-    check_kv_rows(cache, b)
     expected = (b, c) + cache.keys.shape[2:]
     if k.shape != expected or v.shape != expected:
         raise ValueError(f"k, v: expected shape {expected} to match the cache, got {k.shape} and {v.shape}")
     if valid.shape != (b, c):
         raise ValueError(f"valid: expected shape {(b, c)}, got {valid.shape}")
-    if cache.count.shape != (rows_total,):
-        raise ValueError(f"cache.count: expected per-row positions of shape ({rows_total},), got {cache.count.shape}")
-    positions = chunk_positions(cache, c, b)  # [b, c]
+    if cache.count.shape != (b,):
+        raise ValueError(f"cache.count: expected per-row positions of shape ({b},), got {cache.count.shape}")
+    positions = chunk_positions(cache, c)  # [b, c]
     slots = positions % w  # [b, c]
-    rows = _row_index(cache, b)[:, None]  # [b, 1] rows of the buffers
+    rows = jnp.arange(b)[:, None]  # [b, 1]
     active = jnp.any(valid, axis=1)  # [b]
-    return cache._replace(
+    return KVCache(
         keys=cache.keys.at[rows, slots].set(k.astype(cache.keys.dtype)),  # in place when the cache is donated
         values=cache.values.at[rows, slots].set(v.astype(cache.values.dtype)),
         pos=cache.pos.at[rows, slots].set(jnp.where(valid, positions, -1)),
-        count=cache.count.at[rows[:, 0]].add(c * active.astype(jnp.int32)),
+        count=cache.count + c * active.astype(jnp.int32),
     )
 
 
 def check_kv_rows(cache: KVCache, b: int) -> None:
-    """Raises ``ValueError`` unless ``cache`` serves a call of ``b`` rows: exactly ``b`` rows, or (``row0`` set) a
-    stack of at least ``b`` rows and a scalar ``row0``."""
-    rows_total = cache.pos.shape[0]
-    if cache.row0 is None and rows_total != b:
-        raise ValueError(f"cache: built for batch {rows_total}, but x has batch {b}")
-    if cache.row0 is not None and (rows_total < b or jnp.shape(cache.row0) != ()):
-        raise ValueError(f"cache.row0: expected a scalar and a stack of >= {b} rows, got shape "
-                         f"{jnp.shape(cache.row0)} and {rows_total} rows")
+    """Raises ``ValueError`` unless ``cache`` was built for ``b`` rows."""
+    if cache.pos.shape[0] != b:
+        raise ValueError(f"cache: built for batch {cache.pos.shape[0]}, but x has batch {b}")
 
 
-def _row_index(cache: KVCache, b: int) -> Int[Array, "b"]:
-    """The buffer rows of the call's ``b`` rows."""
-    rows = jnp.arange(b, dtype=jnp.int32)
-    return rows if cache.row0 is None else rows + jnp.asarray(cache.row0, jnp.int32)
-
-
-def kv_rows(cache: KVCache, b: int, window: int | None = None):
-    """The call's rows of the buffers: ``(keys [b, w', h, k], values, pos [b, w'], count [b])`` with the first
-    ``window`` slots (default all ``w``). Without ``row0`` and with the whole window these are the buffers
-    themselves."""
+def kv_rows(cache: KVCache, window: int | None = None):
+    """``(keys [b, w', h, k], values, pos [b, w'], count [b])``: the first ``window`` slots of the ring (default all
+    ``w``: the buffers themselves)."""
     w = cache.pos.shape[1]
-    window = w if window is None else window
-    if cache.row0 is None:
-        if window == w:
-            return cache.keys, cache.values, cache.pos, cache.count
-        return cache.keys[:, :window], cache.values[:, :window], cache.pos[:, :window], cache.count
-    r0 = jnp.asarray(cache.row0, jnp.int32)
-
-    def take(a, width):
-        start = (r0,) + (0,) * (a.ndim - 1)
-        size = (b,) if a.ndim == 1 else (b, width) + a.shape[2:]
-        return jax.lax.dynamic_slice(a, start, size)
-
-    return take(cache.keys, window), take(cache.values, window), take(cache.pos, window), take(cache.count, None)
+    if window is None or window == w:
+        return cache.keys, cache.values, cache.pos, cache.count
+    return cache.keys[:, :window], cache.values[:, :window], cache.pos[:, :window], cache.count
 
 
 def chunk_positions(cache: KVCache, c: int, b: int | None = None) -> Int[Array, "b c"]:
-    """Absolute positions ``[b, c]`` of the next chunk's frames of every row (``count + 0 .. c-1``). ``b``, the call's
-    rows, is needed for a stacked cache (``row0`` set); default all rows."""
-    if cache.row0 is None:
-        count = cache.count
-    else:
-        if b is None:
-            raise ValueError("b: a stacked cache (row0 set) needs the call's batch")
-        count = jax.lax.dynamic_slice(cache.count, (jnp.asarray(cache.row0, jnp.int32),), (b,))
-    return count[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+    """Absolute positions ``[b, c]`` of the next chunk's frames of every row (``count + 0 .. c-1``). (``b`` is
+    accepted for compatibility and must match the cache's rows when given.)"""
+    if b is not None:
+        check_kv_rows(cache, b)
+    return cache.count[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
 
 
 def window_buckets(window: int, chunk: int) -> tuple[int, ...]:
@@ -291,7 +255,7 @@ def cached_attention(
     Queries at positions ``count + i`` get rotary or relative encodings from the caller beforehand.
 
     Only the filled prefix of the ring is read (:func:`filled_window`: one of a few static sizes, chosen by a
-    ``lax.switch``), and a stacked cache (``row0`` set) is read at its call's rows only.
+    ``lax.switch``).
 
     Returns:
       ``(out [b, c, h, k], new_cache)``.
@@ -302,7 +266,7 @@ def cached_attention(
     index, sizes = filled_window(q_pos, cache.pos.shape[1])
 
     def attend(window, q, cache):
-        keys, values, pos, _ = kv_rows(cache, b, window)  # [b, window, h, k], [b, window]
+        keys, values, pos, _ = kv_rows(cache, window)  # [b, window, h, k], [b, window]
         mask = fill_empty_rows(chunk_visibility(q_pos, pos, chunk_size, num_left_chunks))  # [b, c, window]
         return dot_product_attention(q, keys, values, mask=mask, scale=scale)
 

@@ -123,7 +123,7 @@ class RelPositionAttention(nn.Module):
                 raise ValueError("streaming attention takes valid=[b, t] and chunk_size > 0, and no mask")
             q_pos = chunk_positions(cache, t, b)  # [b, t]
             cache = kv_cache_write(cache, k, v, valid)
-            keys, values, k_pos, _ = kv_rows(cache, b)  # [b, w, h, k], [b, w] (the call's rows)
+            keys, values, k_pos, _ = kv_rows(cache)  # [b, w, h, k], [b, w]
             mask = fill_empty_rows(chunk_visibility(q_pos, k_pos, chunk_size, num_left_chunks))  # [b, t, w]
         # Valid keys satisfy -(t-1) <= i - j <= s-1: offline s = t; streaming the ring holds the last w positions.
         r_min, r_max = -(t - 1), keys.shape[1] - 1
