@@ -109,11 +109,8 @@ def kv_rows(cache: KVCache, window: int | None = None):
     return cache.keys[:, :window], cache.values[:, :window], cache.pos[:, :window], cache.count
 
 
-def chunk_positions(cache: KVCache, c: int, b: int | None = None) -> Int[Array, "b c"]:
-    """Absolute positions ``[b, c]`` of the next chunk's frames of every row (``count + 0 .. c-1``). (``b`` is
-    accepted for compatibility and must match the cache's rows when given.)"""
-    if b is not None:
-        check_kv_rows(cache, b)
+def chunk_positions(cache: KVCache, c: int) -> Int[Array, "b c"]:
+    """Absolute positions ``[b, c]`` of the next chunk's frames of every row (``count + 0 .. c-1``)."""
     return cache.count[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
 
 
@@ -260,8 +257,8 @@ def cached_attention(
     Returns:
       ``(out [b, c, h, k], new_cache)``.
     """
-    b, c = q.shape[:2]
-    q_pos = chunk_positions(cache, c, b)  # [b, c]
+    c = q.shape[1]
+    q_pos = chunk_positions(cache, c)  # [b, c]
     cache = kv_cache_write(cache, k, v, valid)
     index, sizes = filled_window(q_pos, cache.pos.shape[1])
 

@@ -113,7 +113,7 @@ class RotaryAttention(nn.Module):
         if cache is None:
             positions = jnp.arange(t, dtype=jnp.int32)  # [t] absolute frame positions
         else:
-            positions = chunk_positions(cache, t, b)  # [b, t]
+            positions = chunk_positions(cache, t)  # [b, t]
         q_rope, k_rope = (apply_rotary(a, positions, self.head_dim) for a in (q, k))
 
         def heads(a):

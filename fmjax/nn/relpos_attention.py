@@ -121,7 +121,7 @@ class RelPositionAttention(nn.Module):
         else:
             if mask is not None or valid is None or chunk_size <= 0:
                 raise ValueError("streaming attention takes valid=[b, t] and chunk_size > 0, and no mask")
-            q_pos = chunk_positions(cache, t, b)  # [b, t]
+            q_pos = chunk_positions(cache, t)  # [b, t]
             cache = kv_cache_write(cache, k, v, valid)
             keys, values, k_pos, _ = kv_rows(cache)  # [b, w, h, k], [b, w]
             mask = fill_empty_rows(chunk_visibility(q_pos, k_pos, chunk_size, num_left_chunks))  # [b, t, w]
