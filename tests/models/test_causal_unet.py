@@ -203,16 +203,18 @@ def test_causal_unet_full_size_builds_and_streams():
     model = CausalConditionalDecoder(cfg)
     x, cond, t = tiny_inputs(b=1, t=60, lengths=(60,), cfg=cfg)
     cond = cond._replace(chunk=ChunkSpec.chunked(1, cfg.chunk_size))
-    v, _ = jax.jit(lambda x, c, t: model.apply(params, x, c, t))(x, cond, t)
+    # parameters are arguments, not closed-over constants: 285 MB of constants in the program would double its
+    # compile time and be written into the persistent compilation cache
+    v, _ = jax.jit(model.apply)(params, x, cond, t)
     assert v.shape == (1, 60, 80) and bool(jnp.all(jnp.isfinite(v)))
-    step = jax.jit(lambda x, c, t, cache: model.apply(params, x, c, t, cache))
+    step = jax.jit(model.apply)
     cache = model.init_cache(1, 100)
     outs = []
     for s, e in ((0, 50), (50, 60)):  # a full chunk, then a partial one (padded inside the call)
         pad = ((0, 0), (0, 50 - (e - s)), (0, 0))
         c = MelCond(jnp.pad(cond.mu[:, s:e], pad), cond.spks, jnp.pad(cond.prompt[:, s:e], pad),
                     jnp.pad(cond.mask[:, s:e], pad[:2]))
-        out, cache = step(jnp.pad(x[:, s:e], pad), c, t, cache)
+        out, cache = step(params, jnp.pad(x[:, s:e], pad), c, t, cache)
         outs.append(out[:, : e - s])
     np.testing.assert_allclose(np.concatenate(outs, 1), v, rtol=0, atol=1e-4)
     assert step._cache_size() == 1

@@ -218,13 +218,13 @@ def test_dit_full_width_forward_and_stream():
     model = DiT(cfg)
     x, cond, t = tiny_inputs(b=1, t=100, lengths=(93,), cfg=cfg)  # two chunks of 50, the second one padded
     chunked = cond._replace(chunk=ChunkSpec.chunked(1, cfg.chunk_size))
-    v = jax.jit(lambda x, c, t: model.apply(params, x, c, t)[0])(x, chunked, t)
+    v = jax.jit(lambda p, x, c, t: model.apply(p, x, c, t)[0])(params, x, chunked, t)  # parameters as arguments
     assert v.shape == (1, 100, 80) and bool(jnp.all(jnp.isfinite(v)))
-    step = jax.jit(lambda x, c, t, cache: model.apply(params, x, c, t, cache))
+    step = jax.jit(model.apply)
     cache = model.init_cache(1, 100)
     outs = []
     for s in (0, 50):
         chunk = jax.tree_util.tree_map(lambda a: a[:, s:s + 50] if a.ndim > 1 and a.shape[1] == 100 else a, (x, cond))
-        out, cache = step(*chunk, t, cache)
+        out, cache = step(params, *chunk, t, cache)
         outs.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(v), rtol=0, atol=1e-5)
