@@ -31,12 +31,15 @@ def _first_line(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------- fingerprints
+# the unsigned word a leaf's bits are read as, by item size (64-bit types split in two 32-bit words)
+_WORD = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}
+
+
 def _leaf_bits(x: jax.Array) -> jax.Array:
     """The raw bits of ``x`` as uint32 (narrow types widened, 64-bit types split in two words)."""
     if x.dtype == jnp.bool_:
         return x.astype(jnp.uint32)
-    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
-    return jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, _WORD[x.dtype.itemsize]).astype(jnp.uint32)
 
 
 @jax.jit
@@ -54,8 +57,7 @@ def _host_fingerprint(x: np.ndarray) -> int:
     if x.dtype == np.bool_:
         bits = x.astype(np.uint32)
     else:
-        width = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[x.dtype.itemsize]
-        bits = np.ascontiguousarray(x).view(width).astype(np.uint32)
+        bits = np.ascontiguousarray(x).view(_WORD[x.dtype.itemsize]).astype(np.uint32)
     bits = bits.reshape(-1)
     weights = np.arange(bits.shape[0], dtype=np.uint32) * np.uint32(2) + np.uint32(1)
     return int(np.sum(bits * weights, dtype=np.uint32))

@@ -102,13 +102,15 @@ def test_fingerprint_sees_one_bit_and_order():
 def test_host_fingerprint_equals_the_jitted_one():
     # the host path (numpy, used for arrays this process holds whole) must give the integers the jitted path gives
     # (sharded trees, and checkpoints written before the host path existed): mixed dtypes, > 2^16 elements so the
-    # weighted sum wraps mod 2^32, a transposed (non-contiguous) leaf, a scalar
+    # weighted sum wraps mod 2^32, a non-contiguous numpy leaf, a scalar
     from fmjax.checkpoint.trees import _fingerprint
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(300, 257)), jnp.float32)
     tree = {"f": x, "t": x.T, "h": x.astype(jnp.bfloat16), "i": jnp.asarray(rng.integers(-9, 9, 70000), jnp.int32),
-            "u8": jnp.asarray(rng.integers(0, 255, 33), jnp.uint8), "b": x > 0, "s": jnp.float32(-2.5)}
+            "u8": jnp.asarray(rng.integers(0, 255, 33), jnp.uint8), "b": x > 0, "s": jnp.float32(-2.5),
+            "nc": np.asarray(x).T[::3]}
+    assert not tree["nc"].flags.c_contiguous
     jitted = [int(v) for v in jax.device_get(_fingerprint(tree))]
     assert fingerprint(tree) == jitted
     assert fingerprint(jax.device_get(tree)) == jitted  # numpy leaves too
