@@ -9,14 +9,10 @@ import pathlib
 # CLI tests, the notebooks' kernels inherit the environment): the suite compiles the same test-size programs in many
 # tests and processes, and on 2 cores compilation is most of its time. Executables are only reused for identical
 # programs, so results are unchanged; jit cache sizes (what the tests count as compilations) are per process and
-# unaffected. Every program is kept, however fast it compiled: the suite's ~5900 programs that compile in under 0.5 s
-# (eager ops, small inits) took 346 s of its 1460 s of compilation, and each worker, CLI or trainer subprocess and
-# notebook kernel compiled its own; writing them all cost no measurable time (tests/nn attention + conv, cold cache:
-# 72.4 s against 71.8 s; 2.7 MB). FMJAX_TEST_JAX_CACHE=0 turns it off; JAX_COMPILATION_CACHE_DIR picks another
-# directory.
+# unaffected. FMJAX_TEST_JAX_CACHE=0 turns it off; JAX_COMPILATION_CACHE_DIR picks another directory.
 if os.environ.get("FMJAX_TEST_JAX_CACHE", "1") != "0":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -29,7 +25,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")))
+                      float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")))
 
 
 def load_fixture(name: str) -> dict[str, np.ndarray]:
