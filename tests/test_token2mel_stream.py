@@ -165,7 +165,8 @@ def test_stream_rows_at_different_positions_equal_each_alone():
     # Each row alone: batch 1, no idle calls, its prompt padded to the batch's widest with its own prompt length (one
     # init shape for all rows). Its offline chunk-masked inference, on the unpadded prompt and tokens, is checked for
     # the rows without a prompt, with the longest tokens and with the widest, unaligned prompt (each offline call of
-    # another shape is a compilation; stream vs offline over prompts aligned or not is test_stream_equals_offline's).
+    # another shape is a compilation; stream vs offline over aligned and unaligned prompts is
+    # test_stream_equals_offline_chunk_masked's).
     offline_rows = {int(np.argmin(plens)), int(np.argmax(lengths)), int(np.argmax(plens))}
     assert len(offline_rows) == 3
     for i in range(b):
