@@ -14,7 +14,9 @@ apart). Each one is trained by the main job's own command, ``python -m train --c
 * every ``eval`` row of its ``metrics.jsonl`` (``val_*``: the model on the 8 evaluation sentences, with the
   speaker-mean, lookup and ground-truth values);
 * ``extra``: the final EMA parameters re-scored with other samplers (``--samplers cfg=0.3,steps=10 ...``: CFG
-  weight and Euler steps on the cosine grid, CosyVoice's fixed noise) -- sampler settings cost no training;
+  weight and Euler steps on the cosine grid, CosyVoice's fixed noise) -- sampler settings cost no training; the
+  sampler ``mu`` scores the encoder's condition itself read as a mel (no flow, no prompt): where the flow's output
+  scores worse than its own condition, the estimator loses what the encoder has learnt;
 * ``pass``: the issue-12 acceptance at the last step: (a) ``val_fd`` below both baselines', (b) ``val_ter`` within
   0.05 of the lookup's, (c) ``val_spk_acc >= 0.9``, (d) ``val_mel_l1`` below the speaker mean's and at most 1.5x
   the lookup's.
@@ -46,6 +48,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "base": ("the tiny preset before the ablation (buckets (64, 90))", []),
     "mel_global": ("Matcha-TTS's mel normalisation: one mean/std of the training mels", ["model.mel_norm=global"]),
     "mel_per_bin": ("mel normalisation per bin", ["model.mel_norm=per_bin"]),
+    "prior1": ("Matcha-TTS's prior loss on the encoder output, weight 1", ["model.prior_weight=1.0"]),
 }
 
 
@@ -111,9 +114,29 @@ def rescore(workdir: pathlib.Path, samplers: list[str]) -> dict[str, dict]:
     exp = build(cfg)
     out = {}
     for text in samplers:
-        mel, _ = exp.generate(loaded.params, **_parse_sampler(text))
+        if text == "mu":
+            mel = condition_mel(exp, loaded.params)
+        else:
+            mel, _ = exp.generate(loaded.params, **_parse_sampler(text))
         out[text] = exp.score(mel)
     return out
+
+
+def condition_mel(exp, params):
+    """The encoder's condition ``mu [k, F, m]`` of the evaluation sentences (full context, no prompt), in the
+    corpus's log-mel units and zero past each row's length: what the flow is conditioned on, scored as a mel."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fmjax.pipelines.common import flow_condition
+
+    inputs = exp.generation_inputs()
+    lengths = inputs["lengths"]
+    mu = flow_condition(exp.model, params, jnp.asarray(inputs["tokens"]), jnp.asarray(lengths),
+                        jnp.asarray(inputs["embedding"], jnp.float32)).mu
+    frames = exp.model.config.token_mel_ratio * lengths
+    mu = np.asarray(mu) * (np.arange(mu.shape[1])[None, :] < frames[:, None])[..., None]
+    return exp.denormalize_mel(mu.astype(np.float32), frames)
 
 
 def train_variant(name: str, overrides: list[str], root: pathlib.Path, *, python: str) -> dict:
@@ -179,7 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="*", default=[], help=f"names ({', '.join(VARIANTS)}) or name=key=v;key=v")
     ap.add_argument("--set", action="append", default=[], help="an override added to every variant of this call")
     ap.add_argument("--samplers", nargs="*", default=[], help="extra samplers scored on each final model, e.g. "
-                                                              "cfg=0.3,steps=10")
+                                                              "cfg=0.3,steps=10, or mu (the encoder's condition)")
     ap.add_argument("--report", action="store_true", help="only rewrite the docs from the records")
     ap.add_argument("--md", default=str(DOCS / "recipe_ablation.md"), help="markdown output")
     args = ap.parse_args(argv)

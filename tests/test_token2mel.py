@@ -16,6 +16,7 @@ from fmjax.noise import cosyvoice_noise
 from fmjax.timesteps import time_grid
 from fmjax.nn.masks import ChunkSpec
 from fmjax.nn.tokens import frame_mask
+from fmjax.pipelines.common import flow_condition
 from fmjax.pipelines.token2mel import _token2mel
 from fmjax.token2mel import COSYVOICE2_LOSS, UnifiedChunks, cfm_loss, flow_loss, pack_prompt, token2mel
 from tests.conftest import load_fixture
@@ -186,6 +187,36 @@ def test_flow_loss_ignores_padding(loss_and_grad):
     assert abs(float(loss) - float(loss2)) < 1e-6, f"padding changed the loss: {float(loss)} vs {float(loss2)}"
     assert not np.asarray(grad[1, 8:]).any() and np.asarray(grad[1, :8]).any()
     np.testing.assert_array_equal(np.asarray(aux["weight"]), [1.0, 1.0])
+
+
+def test_flow_loss_prior_term_is_the_encoder_mse_over_valid_frames():
+    """``prior_weight`` adds w · mean over valid frames and bins of (mu − mel)² (Matcha-TTS's prior loss) to the
+    same draws' CFM loss, with mu the encoder's output computed separately here (full context, chunk_prob 0);
+    padded frames do not enter it (tol 1e-5 relative); bad weights raise before tracing."""
+    model, params = tiny_flow()
+    batch, key = _batch(), jax.random.key(3)
+
+    @jax.jit
+    def losses(params, batch):
+        plain, _ = flow_loss(model, params, batch, key, chunk_prob=0.0)
+        with_prior, aux = flow_loss(model, params, batch, key, chunk_prob=0.0, prior_weight=0.5)
+        full = model.config.chunk_spec(jnp.zeros((2,), bool))
+        mu = flow_condition(model, params, jnp.asarray(batch["tokens"]), jnp.asarray(batch["token_len"]),
+                            jnp.asarray(batch["spk"]), chunk=full).mu
+        return plain, with_prior, aux["prior_loss"], mu
+
+    plain, with_prior, prior, mu = losses(params, batch)
+    frames = 2 * batch["token_len"]
+    err = [np.asarray(mu[i, :n], np.float64) - batch["mel"][i, :n] for i, n in enumerate(frames)]
+    expected = sum(float((e**2).sum()) for e in err) / (int(frames.sum()) * 80)
+    assert abs(float(prior) - expected) < 1e-5 * expected, (float(prior), expected)
+    assert abs(float(with_prior) - (float(plain) + 0.5 * expected)) < 1e-5 * float(with_prior)
+    noisy = dict(batch, mel=batch["mel"].copy())
+    noisy["mel"][1, frames[1]:] = 7.0  # the padded frames of row 1
+    assert abs(float(losses(params, noisy)[2]) - float(prior)) < 1e-6 * float(prior)
+    for bad in (-1.0, True, "1"):
+        with pytest.raises(ValueError, match="prior_weight: expected a number >= 0"):
+            flow_loss(model, params, batch, key, prior_weight=bad)
 
 
 def test_flow_loss_unified_training_one_compilation(loss_and_grad):

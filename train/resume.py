@@ -44,6 +44,11 @@ RUN_FILES = ("checkpoints", "corrupt_checkpoints", "config.json", "metrics.jsonl
 ARCHIVE_DIR = "archive"
 
 
+# Settings added after runs were saved, with the value that reproduces what those runs did: a saved config without
+# the key resumes as if it had held this value (any other value is a real difference).
+ADDED_KEYS = {"model.prior_weight": 0.0}
+
+
 class RunError(ValueError):
     """A run cannot start as asked (a user error: the message says what to change)."""
 
@@ -96,7 +101,8 @@ def check_resume(workdir, saved: dict, current: dict, *, step: int | None, safe:
     :class:`IncompatibleRunError` (naming every other differing key, both values, and how to proceed) if any other
     key differs."""
     allowed = set(RESUME_SAFE_KEYS) | set(safe)
-    diff = config_diff(saved, current)
+    diff = {k: v for k, v in config_diff(saved, current).items()
+            if not (k in ADDED_KEYS and v[0] is _ABSENT and v[1] == ADDED_KEYS[k])}
     bad = {k: v for k, v in diff.items() if k not in allowed}
     if bad:
         at = f"the checkpoint at step {step}" if step is not None else "its config.json"

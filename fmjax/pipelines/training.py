@@ -127,7 +127,7 @@ def _batch_field(batch, name: str):
 
 def flow_loss(
     model, params, batch, key: Key, *, loss: CFMLoss = COSYVOICE2_LOSS, chunk_prob: float = 0.5,
-    chunks: UnifiedChunks | DynamicChunks | None = None, draws: LossDraws | None = None,
+    chunks: UnifiedChunks | DynamicChunks | None = None, draws: LossDraws | None = None, prior_weight: float = 0.0,
 ) -> tuple[Float[Array, ""], dict]:
     """CosyVoice2's training loss for a padded batch, jit-friendly (one compilation per batch shape).
 
@@ -142,12 +142,17 @@ def flow_loss(
       chunks: how attention chunks are drawn (:class:`UnifiedChunks`, :class:`DynamicChunks`); non-causal flows
         (the Matcha U-Net) train with full context and ignore it.
       draws: inject the loss's random numbers (tests).
+      prior_weight: weight of Matcha-TTS's prior loss added to the CFM loss: the mean squared error between the
+        encoder's condition ``mu [b, r·u, m]`` and the target mel over the valid frames (Matcha-TTS's ``prior_loss``
+        without its constant ``log 2π`` term). 0 (CosyVoice2's loss, the default) leaves the program unchanged.
 
     Returns:
-      ``(loss, aux)`` with ``per_example [b]``, ``t [b]``, ``weight [b]`` (0 for filler rows), ``chunk [b]`` (the
-      token chunk size of each row; ``FULL_CONTEXT`` = full) and the scalar ``chunk_masked`` (the share of
-      chunk-masked rows).
+      ``(loss, aux)`` with ``per_example [b]`` (the CFM term only), ``t [b]``, ``weight [b]`` (0 for filler rows),
+      ``chunk [b]`` (the token chunk size of each row; ``FULL_CONTEXT`` = full), the scalar ``chunk_masked`` (the
+      share of chunk-masked rows) and, when ``prior_weight > 0``, the scalar ``prior_loss``.
     """
+    if isinstance(prior_weight, bool) or not isinstance(prior_weight, (int, float)) or not prior_weight >= 0:
+        raise ValueError(f"prior_weight: expected a number >= 0, got {prior_weight!r}")
     if chunks is None:
         if not isinstance(chunk_prob, jax.core.Tracer) and not 0.0 <= chunk_prob <= 1.0:
             raise ValueError(f"chunk_prob: expected a probability in [0, 1], got {chunk_prob!r}")
@@ -179,6 +184,12 @@ def flow_loss(
     value, aux = loss(flow_velocity(model, params), jnp.asarray(mel, jnp.float32), cond.mask, cond, key_loss,
                       draws=draws)
     aux = {k: aux[k] for k in ("per_example", "t", "keep", "prompt_len")}
+    if prior_weight > 0:
+        frame_mask = cond.mask.astype(jnp.float32)[..., None]  # [b, r·u, 1]
+        err = (cond.mu.astype(jnp.float32) - jnp.asarray(mel, jnp.float32)) * frame_mask
+        prior = jnp.sum(err**2) / jnp.maximum(jnp.sum(frame_mask) * cfg.mel_dim, 1e-12)
+        value = value + prior_weight * prior
+        aux["prior_loss"] = prior
     aux["weight"] = (token_len > 0).astype(jnp.float32)
     if chunk is None:
         aux["chunk"] = jnp.full((b,), np.iinfo(np.int32).max, jnp.int32)

@@ -74,3 +74,10 @@ def test_bad_mel_norm_names_the_key():
         apply_overrides(token2mel.get_config("tiny"), ["model.mel_norm=zscore"])
     with pytest.raises(ValueError, match="model.mel_norm"):
         mel_statistics([], "zscore")
+
+
+def test_bad_prior_weight_names_the_key():
+    for bad in ("-0.5", "true"):
+        with pytest.raises(ValueError, match="model.prior_weight"):
+            apply_overrides(token2mel.get_config("tiny"), [f"model.prior_weight={bad}"])
+    assert apply_overrides(token2mel.get_config("tiny"), ["model.prior_weight=0.5"]).model.prior_weight == 0.5

@@ -163,3 +163,19 @@ def test_ctrl_c_reports_the_step_and_the_checkpoint(seq_experiment, tmp_path, mo
     err = capsys.readouterr().err
     assert "interrupted at step 7; rerun the same command to resume (from the checkpoint at step 5)" in err
     assert "Traceback" not in err
+
+
+def test_a_setting_added_later_resumes_old_runs_only_at_its_old_behaviour(tmp_path):
+    """A run saved before ``model.prior_weight`` existed resumes when the key has the value that reproduces it (0);
+    any other value is a difference that names the key and the absent old value."""
+    from train.resume import ADDED_KEYS, check_resume
+
+    assert ADDED_KEYS["model.prior_weight"] == 0.0
+    saved = {"model": {"mel_norm": "none"}, "train": {"steps": 10}}
+    assert check_resume(tmp_path, saved, {"model": {"mel_norm": "none", "prior_weight": 0.0}, "train": {"steps": 10}},
+                        step=4) == {}
+    with pytest.raises(IncompatibleRunError, match=r"model.prior_weight: <absent> in the run, 1.0 now"):
+        check_resume(tmp_path, saved, {"model": {"mel_norm": "none", "prior_weight": 1.0}, "train": {"steps": 10}},
+                     step=4)
+    with pytest.raises(IncompatibleRunError, match=r"model.other: <absent> in the run, 0.0 now"):
+        check_resume(tmp_path, saved, {"model": {"mel_norm": "none", "other": 0.0}, "train": {"steps": 10}}, step=4)

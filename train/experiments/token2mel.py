@@ -34,6 +34,9 @@ class ModelConfig:
         log-mels), ``"global"`` (Matcha-TTS: ``(mel - mean) / std`` with one mean and std of the training mels)
         or ``"per_bin"``; the statistics come from the training split, and generated mels are de-normalised
         before scoring and vocoding.
+      prior_weight: Matcha-TTS's prior loss on the encoder output ``mu`` (the squared error to the target mel, in
+        the flow's mel space), added with this weight (:func:`fmjax.pipelines.training.flow_loss`); 0 =
+        CosyVoice2's loss. It trains ``mu`` towards each token's mean frame, which the flow then refines.
     """
 
     flow: Token2MelConfig = Token2MelConfig(vocab_size=256)
@@ -46,6 +49,7 @@ class ModelConfig:
     chunk_per_row: bool = True
     dynamic_chunks: int = 0
     mel_norm: str = "none"
+    prior_weight: float = 0.0
 
     def __post_init__(self):
         if self.mel_norm not in ("none", "global", "per_bin"):
@@ -55,6 +59,9 @@ class ModelConfig:
         if not (isinstance(self.dynamic_chunks, int) and self.dynamic_chunks >= 0):
             raise ValueError(f"model.dynamic_chunks: expected an int >= 0 (0 = unified training), got "
                              f"{self.dynamic_chunks!r}")
+        if isinstance(self.prior_weight, bool) or not isinstance(self.prior_weight, (int, float)) \
+                or not self.prior_weight >= 0:
+            raise ValueError(f"model.prior_weight: expected a number >= 0, got {self.prior_weight!r}")
         if self.sigma_min < 0:
             raise ValueError(f"model.sigma_min: expected a value >= 0, got {self.sigma_min!r}")
         try:
@@ -77,6 +84,7 @@ class FlowLossExperiment(CorpusExperiment):
     weighted 0); subclasses set ``model``, ``loss`` and ``chunks``."""
 
     chunks = None
+    prior_weight = 0.0
 
     def init_params(self, key):
         return init_flow_params(self.model, key)
@@ -84,8 +92,9 @@ class FlowLossExperiment(CorpusExperiment):
     def loss_fn(self, params, batch, key):
         if self.mel_stats is not None:
             batch = dict(batch, mel=self.normalize_mel(batch["mel"], batch["mel_mask"]))
-        loss, aux = flow_loss(self.model, params, batch, key, loss=self.loss, chunks=self.chunks)
-        aux = {k: aux[k] for k in ("per_example", "t", "chunk_masked")}
+        loss, aux = flow_loss(self.model, params, batch, key, loss=self.loss, chunks=self.chunks,
+                              prior_weight=self.prior_weight)
+        aux = {k: aux[k] for k in ("per_example", "t", "chunk_masked", "prior_loss") if k in aux}
         aux["weight"] = batch["row_mask"]
         return loss, aux
 
@@ -100,3 +109,4 @@ class Token2Mel(FlowLossExperiment):
         self.model = CosyVoice2Flow(mc.flow)
         self.loss = mc.loss()
         self.chunks = mc.chunks()
+        self.prior_weight = float(mc.prior_weight)
