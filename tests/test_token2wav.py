@@ -51,7 +51,9 @@ def setup():
 
 
 def _snr_db(x, ref):
-    return float(10 * np.log10(np.sum(ref**2) / np.sum((x - ref) ** 2)))
+    """SNR of ``x`` against ``ref`` in dB (inf when they are equal: no division-by-zero warning)."""
+    err = np.sum((np.asarray(x, np.float64) - ref) ** 2)
+    return float("inf") if err == 0 else float(10 * np.log10(np.sum(ref**2) / err))
 
 
 def _stream(t2w, params, data, pieces, *, finalize_with_tokens=True):
