@@ -125,6 +125,13 @@ def _batch_field(batch, name: str):
     return getattr(batch, name)
 
 
+def check_prior_weight(value, name: str = "prior_weight") -> float:
+    """``value`` as a float if it is a number >= 0 (not a bool), else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
 def flow_loss(
     model, params, batch, key: Key, *, loss: CFMLoss = COSYVOICE2_LOSS, chunk_prob: float = 0.5,
     chunks: UnifiedChunks | DynamicChunks | None = None, draws: LossDraws | None = None, prior_weight: float = 0.0,
@@ -151,8 +158,7 @@ def flow_loss(
       ``chunk [b]`` (the token chunk size of each row; ``FULL_CONTEXT`` = full), the scalar ``chunk_masked`` (the
       share of chunk-masked rows) and, when ``prior_weight > 0``, the scalar ``prior_loss``.
     """
-    if isinstance(prior_weight, bool) or not isinstance(prior_weight, (int, float)) or not prior_weight >= 0:
-        raise ValueError(f"prior_weight: expected a number >= 0, got {prior_weight!r}")
+    check_prior_weight(prior_weight)
     if chunks is None:
         if not isinstance(chunk_prob, jax.core.Tracer) and not 0.0 <= chunk_prob <= 1.0:
             raise ValueError(f"chunk_prob: expected a probability in [0, 1], got {chunk_prob!r}")

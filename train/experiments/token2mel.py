@@ -9,7 +9,7 @@ import dataclasses
 from fmjax.loss import CFMLoss
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, init_flow_params
 from fmjax.paths import CondOTPath
-from fmjax.pipelines.training import DynamicChunks, UnifiedChunks, flow_loss
+from fmjax.pipelines.training import DynamicChunks, UnifiedChunks, check_prior_weight, flow_loss
 from fmjax.timesteps import get_t_sampler
 from train.corpus_experiment import CorpusExperiment
 
@@ -59,9 +59,7 @@ class ModelConfig:
         if not (isinstance(self.dynamic_chunks, int) and self.dynamic_chunks >= 0):
             raise ValueError(f"model.dynamic_chunks: expected an int >= 0 (0 = unified training), got "
                              f"{self.dynamic_chunks!r}")
-        if isinstance(self.prior_weight, bool) or not isinstance(self.prior_weight, (int, float)) \
-                or not self.prior_weight >= 0:
-            raise ValueError(f"model.prior_weight: expected a number >= 0, got {self.prior_weight!r}")
+        check_prior_weight(self.prior_weight, "model.prior_weight")
         if self.sigma_min < 0:
             raise ValueError(f"model.sigma_min: expected a value >= 0, got {self.sigma_min!r}")
         try:
