@@ -297,9 +297,16 @@ def is_student(model) -> bool:
     return bool(getattr(est, "mean_flow", False))
 
 
-def student_config(config):
+def student_config(config, what: str = "config"):
     """A flow config (``Token2MelConfig``, ``CosyVoice3FlowConfig``) with ``estimator.mean_flow=True``: the
-    teacher's architecture plus the second time embedding."""
+    teacher's architecture plus the second time embedding. A teacher with a non-default source (``source_mu``,
+    ``source_std``) raises ``ValueError`` naming ``what``: the MeanFlow loss draws pure noise."""
+    from fmjax.pipelines.common import has_default_source
+
+    if not has_default_source(config):
+        raise ValueError(f"{what}: students start from pure noise; a teacher whose source is centred on its condition "
+                         f"(source_mu={getattr(config, 'source_mu', 0.0)}, source_std={getattr(config, 'source_std', 1.0)}) "
+                         "is not supported yet")
     est = getattr(config, "estimator", None)
     if est is None or not hasattr(est, "mean_flow"):
         raise TypeError(f"config: expected a flow config with a mean_flow-capable estimator, got "

@@ -49,6 +49,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mel_global": ("Matcha-TTS's mel normalisation: one mean/std of the training mels", ["model.mel_norm=global"]),
     "mel_per_bin": ("mel normalisation per bin", ["model.mel_norm=per_bin"]),
     "prior1": ("Matcha-TTS's prior loss on the encoder output, weight 1", ["model.prior_weight=1.0"]),
+    "centred": ("Grad-TTS's source centred on the condition, x0 = 0.5·z + mu, with the prior loss",
+                ["model.flow.source_mu=1.0", "model.flow.source_std=0.5", "model.prior_weight=1.0"]),
+    "centred_std1": ("the centred source with unit noise, x0 = z + mu, with the prior loss",
+                     ["model.flow.source_mu=1.0", "model.prior_weight=1.0"]),
 }
 
 

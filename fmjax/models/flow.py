@@ -21,6 +21,7 @@ protocol), like Flax's lm1b ``Transformer`` (``encode``/``decode``), so it decla
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -52,14 +53,30 @@ class Token2MelConfig:
         its ``upsample_stride`` the token-to-mel ratio.
       estimator: the causal U-Net; its ``chunk_size`` must be ``C · token_mel_ratio`` frames and its
         ``num_left_chunks`` the encoder's.
+      source_mu, source_std: the ODE's source at ``t = 0`` is ``x0 = source_std · z + source_mu · mu`` (``z`` the
+        noise: CosyVoice's fixed table, a ``key`` draw or the loss's draw; ``mu [b, r·n, m]`` the encoder's
+        condition). CosyVoice2: 0 and 1, pure noise (the default; the programs are then unchanged).
+        ``source_mu = 1`` is Grad-TTS's prior-centred source: the flow only has to learn the way from its
+        condition to the mel (the loss's gradient reaches the encoder through ``x0`` too); ``source_std < 1``
+        narrows the noise around it (a temperature, trained and sampled alike). Offline, streaming and training
+        all read them from here, so a stream still equals its offline twin (:func:`fmjax.pipelines.common.flow_source`).
     """
 
     vocab_size: int = 6561
     spk_embed_dim: int = 192
     encoder: EncoderConfig = EncoderConfig()
     estimator: CausalUNetConfig = CausalUNetConfig()
+    source_mu: float = 0.0
+    source_std: float = 1.0
 
     def __post_init__(self):
+        for name, low in (("source_mu", None), ("source_std", 0.0)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or (low is not None and not value > low)):
+                raise ValueError(f"Token2MelConfig.{name}: expected a finite number"
+                                 f"{'' if low is None else ' > 0'}, got {value!r}")
+            object.__setattr__(self, name, float(value))
         for name in ("vocab_size", "spk_embed_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -80,6 +80,20 @@ def flow_condition(
     return (cond, out[2]) if return_aux else cond
 
 
+def flow_source(config, noise: Float[Array, "b t m"], mu: Float[Array, "b t m"]) -> Float[Array, "b t m"]:
+    """The ODE's source ``x0 = source_std · noise + source_mu · mu`` of a flow config (fields absent = CosyVoice2's
+    pure noise, 1 and 0: ``noise`` itself is returned and the program is unchanged). ``mu`` is the encoder's
+    condition at the same frames; padded frames are ignored downstream like any other padding."""
+    std, weight = float(getattr(config, "source_std", 1.0)), float(getattr(config, "source_mu", 0.0))
+    x0 = noise if std == 1.0 else std * noise
+    return x0 if weight == 0.0 else x0 + weight * mu.astype(x0.dtype)
+
+
+def has_default_source(config) -> bool:
+    """True when ``config``'s source is pure noise (``source_mu = 0``, ``source_std = 1``, or no such fields)."""
+    return float(getattr(config, "source_std", 1.0)) == 1.0 and float(getattr(config, "source_mu", 0.0)) == 0.0
+
+
 def prompt_condition(prompt_mel: Float[Array, "b p m"], prompt_frames: Int[Array, "b"], total: int):
     """The prompt condition ``[b, total, m]``: each row's first ``prompt_frames`` frames of ``prompt_mel``, zeros after."""
     keep = (jnp.arange(total)[None, :] < prompt_frames[:, None])[..., None]  # [b, T, 1]

@@ -5,7 +5,8 @@ A stream is the sequence ``[prompt tokens | new tokens]`` of one row, cut into *
 same way with ``prompt_token_pad``). Chunk ``k`` is computed once: the encoder turns its tokens (plus the next
 ``L = 3`` look-ahead tokens) into ``mu`` for frames ``[r·k·C, r·(k+1)·C)`` continuing the encoder's caches, and
 the whole ODE runs for those frames (:func:`fmjax.streaming.sample_chunk`: one estimator cache per ODE step,
-updated in place; CFG by batch doubling) from the noise table at the same absolute frames. The prompt mel is the
+updated in place; CFG by batch doubling) from the noise table at the same absolute frames (shifted by the chunk's
+``mu`` where the flow config's source is centred on it: :func:`fmjax.pipelines.common.flow_source`). The prompt mel is the
 ``prompt`` condition of the prompt's frames; frames of prompt tokens are never emitted.
 
 **Prompt alignment.** Tokens arrive in a per-row FIFO. A chunk is computed as soon as its ``C`` tokens and its

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from fmjax.cond import MelCond
-from fmjax.pipelines.common import flow_step_velocity
+from fmjax.pipelines.common import flow_source, flow_step_velocity
 from fmjax.samplers import get_solver
 from fmjax.streaming import sample_chunk
 
@@ -61,6 +61,7 @@ def advance_rows(stream: Token2MelStream, params, rows: StreamRows, grid, noise,
                            fifo_mel[:, : r * c], 0.0)  # [b, r·C, m]
         cond = MelCond(mu, rows.spks, prompt, (frame[None] < r * valid[:, None]).astype(mu.dtype))
         x0 = jnp.take(noise, jnp.clip(first[:, None] + frame[None], 0, noise.shape[0] - 1), axis=0)  # [b, r·C, m]
+        x0 = flow_source(cfg, x0, mu)  # the config's source (pure noise by default: unchanged)
         x1, est_cache = sample_chunk(guided, x0, cond, grid, est_cache, solver)
         skip = jnp.clip(prompt_frames - first, 0, r * c)[:, None]  # leading prompt frames are not emitted
         emit = (frame[None] >= skip) & (frame[None] < r * valid[:, None])  # [b, r·C]

@@ -5,8 +5,9 @@ Each row's sequence is ``[prompt tokens | tokens]``; the flow encodes it to ``mu
 prompt mel is the ``prompt`` condition on the first ``r·P`` frames, and an ODE from noise to data runs with
 classifier-free guidance by batch doubling (``v = (1 + w)·v(c) − w·v(∅)``, ``w = 0.7``) on a time grid (cosine, 10
 Euler steps by default: :class:`~fmjax.samplers.SamplerConfig`). The noise of frame ``f`` of a row is CosyVoice's
-fixed ``rand_noise[f]`` (so a prefix always gets the same noise), or a ``jax.random`` draw from ``key``. Only the
-frames after the prompt are returned.
+fixed ``rand_noise[f]`` (so a prefix always gets the same noise), or a ``jax.random`` draw from ``key``; the ODE
+starts from it, or from ``source_std · noise + source_mu · mu`` for a flow configured with a source centred on its
+condition (:func:`fmjax.pipelines.common.flow_source`). Only the frames after the prompt are returned.
 
 ``streaming`` selects, per row, the chunk attention masks of the streaming mode (torch ``streaming=True``), the
 offline twin of :class:`~fmjax.pipelines.stream.Token2MelStream`. It is data (a ``[b]`` bool, or one bool for all
@@ -33,6 +34,7 @@ from fmjax.pipelines.common import (
     check_finite,
     check_id_batch,
     flow_condition,
+    flow_source,
     flow_velocity,
     noise_table,
     pack_prompt,
@@ -182,7 +184,7 @@ def _token2mel(model, sampler, return_aux, width, params, tokens, lengths, promp
     cond, enc_aux = flow_condition(model, params, seq, total, embedding, chunk=chunk, return_aux=True)
     cond = cond._replace(prompt=prompt_condition(prompt_mel, prompt_frames, cond.mu.shape[1]))
     velocity = sampler.guided(flow_velocity(model, params))
-    x1, sample_aux = sample(velocity, noise, cond, grid, get_solver(sampler.solver), return_trajectory=return_aux)
+    x1, sample_aux = sample(velocity, flow_source(cfg, noise, cond.mu), cond, grid, get_solver(sampler.solver), return_trajectory=return_aux)
     n_frames = r * tokens.shape[1]
     idx = jnp.clip(prompt_frames[:, None] + jnp.arange(n_frames)[None, :], 0, x1.shape[1] - 1)  # [b, f]
     mel = jnp.take_along_axis(x1, idx[..., None], axis=1)  # [b, r·n, m]: the frames after the prompt

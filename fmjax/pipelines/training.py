@@ -24,7 +24,7 @@ from fmjax.loss import CFMLoss, LossDraws
 from fmjax.nn.masks import ChunkSpec, dynamic_chunk_spec
 from fmjax.nn.tokens import check_speaker_embedding
 from fmjax.paths import CondOTPath
-from fmjax.pipelines.common import flow_condition, flow_velocity
+from fmjax.pipelines.common import flow_condition, flow_source, flow_velocity, has_default_source
 from fmjax.timesteps import Uniform
 from fmjax.typing import Array, Float, Key
 
@@ -148,7 +148,8 @@ def flow_loss(
       chunk_prob: ``UnifiedChunks(chunk_prob)`` when ``chunks`` is None (0.5; 0 or 1 fix the mode).
       chunks: how attention chunks are drawn (:class:`UnifiedChunks`, :class:`DynamicChunks`); non-causal flows
         (the Matcha U-Net) train with full context and ignore it.
-      draws: inject the loss's random numbers (tests).
+      draws: inject the loss's random numbers (tests); ``draws.z`` is the noise ``z`` before the flow config's
+        source is applied (``x0 = source_std · z + source_mu · mu``, :func:`fmjax.pipelines.common.flow_source`).
       prior_weight: weight of Matcha-TTS's prior loss added to the CFM loss: the mean squared error between the
         encoder's condition ``mu [b, r·u, m]`` and the target mel over the valid frames (Matcha-TTS's ``prior_loss``
         without its constant ``log 2π`` term). 0 (CosyVoice2's loss, the default) leaves the program unchanged.
@@ -187,6 +188,11 @@ def flow_loss(
     token_len = jnp.asarray(token_len, jnp.int32)
     cond = flow_condition(model, params, jnp.asarray(tokens, jnp.int32), token_len, jnp.asarray(spk, jnp.float32),
                           chunk=chunk)
+    if not has_default_source(cfg):  # the config's source (x0 = source_std·z + source_mu·mu) from the loss's z
+        given = draws or LossDraws()
+        drawn = loss.draw(key_loss, jnp.asarray(mel, jnp.float32), cond.mask)
+        full = LossDraws(*[g if g is not None else d for g, d in zip(given, drawn)])
+        draws = full._replace(z=flow_source(cfg, jnp.asarray(full.z, jnp.float32), cond.mu))
     value, aux = loss(flow_velocity(model, params), jnp.asarray(mel, jnp.float32), cond.mask, cond, key_loss,
                       draws=draws)
     aux = {k: aux[k] for k in ("per_example", "t", "keep", "prompt_len")}

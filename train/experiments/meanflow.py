@@ -110,7 +110,7 @@ class MeanFlow(CorpusExperiment):
             if not isinstance(teacher.model, CosyVoice2Flow):
                 raise ValueError(f"meanflow.teacher: expected a CosyVoice2 flow, got {type(teacher.model).__name__}")
             self.teacher_params, self.teacher_step = teacher.params, teacher.step
-            config = dataclasses.replace(config, model=MeanFlowModel(student_config(teacher.model.config)))
+            config = dataclasses.replace(config, model=MeanFlowModel(student_config(teacher.model.config, "meanflow.teacher")))
         if mc.freeze_encoder and config.optim.weight_decay != 0:
             raise ValueError(f"optim.weight_decay: a frozen encoder (meanflow.freeze_encoder) needs 0, or AdamW would "
                              f"decay the frozen parameters; got {config.optim.weight_decay}")

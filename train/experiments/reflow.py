@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from fmjax.ablate import parse_t_sampler
 from fmjax.checkpoint import load_teacher
+from fmjax.pipelines.common import has_default_source
 from fmjax.loss import CFMLoss, LossDraws
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, init_flow_params
 from fmjax.paths import CondOTPath
@@ -116,6 +117,10 @@ class Reflow(CouplingData, CorpusExperiment):
         self.teacher_params, self.teacher_step = None, None
         if rc.teacher:
             teacher = load_teacher(rc.teacher, ema=True, what="reflow.teacher")
+            if not has_default_source(teacher.model.config):
+                raise ValueError("reflow.teacher: couplings start from pure noise; a teacher whose source is centred on "
+                                 f"its condition (source_mu={teacher.model.config.source_mu}, source_std="
+                                 f"{teacher.model.config.source_std}) is not supported yet")
             self.teacher_params, self.teacher_step = teacher.params, teacher.step
             config = dataclasses.replace(config, model=ReflowModel(teacher.model.config))
         if rc.distill_steps and config.data.sampler.grid != "linear":
