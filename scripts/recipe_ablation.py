@@ -53,6 +53,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                 ["model.flow.source_mu=1.0", "model.flow.source_std=0.5", "model.prior_weight=1.0"]),
     "centred_std1": ("the centred source with unit noise, x0 = z + mu, with the prior loss",
                      ["model.flow.source_mu=1.0", "model.prior_weight=1.0"]),
+    "centred_std03": ("the centred source with narrower noise, x0 = 0.3·z + mu, with the prior loss",
+                      ["model.flow.source_mu=1.0", "model.flow.source_std=0.3", "model.prior_weight=1.0"]),
+    "centred_prior3": ("the centred source x0 = 0.5·z + mu with the prior loss at weight 3",
+                       ["model.flow.source_mu=1.0", "model.flow.source_std=0.5", "model.prior_weight=3.0"]),
 }
 
 
