@@ -299,17 +299,12 @@ def is_student(model) -> bool:
 
 def student_config(config, what: str = "config"):
     """A flow config (``Token2MelConfig``, ``CosyVoice3FlowConfig``) with ``estimator.mean_flow=True``: the
-    teacher's architecture plus the second time embedding. A teacher with a non-default source (``source_mu``,
-    ``source_std``) raises ``ValueError`` naming ``what``: the MeanFlow loss draws pure noise."""
-    from fmjax.pipelines.common import has_default_source
-
-    if not has_default_source(config):
-        raise ValueError(f"{what}: students start from pure noise; a teacher whose source is centred on its condition "
-                         f"(source_mu={getattr(config, 'source_mu', 0.0)}, source_std={getattr(config, 'source_std', 1.0)}) "
-                         "is not supported yet")
+    teacher's architecture plus the second time embedding; everything else (the source ``source_mu`` /
+    ``source_std``, ``speaker_shift``) is the teacher's, so the student samples from the teacher's source. ``what``
+    names the config in errors."""
     est = getattr(config, "estimator", None)
     if est is None or not hasattr(est, "mean_flow"):
-        raise TypeError(f"config: expected a flow config with a mean_flow-capable estimator, got "
+        raise TypeError(f"{what}: expected a flow config with a mean_flow-capable estimator, got "
                         f"{type(config).__name__}")
     return dataclasses.replace(config, estimator=dataclasses.replace(est, mean_flow=True))
 

@@ -55,6 +55,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                      ["model.flow.source_mu=1.0", "model.prior_weight=1.0"]),
     "centred_std03": ("the centred source with narrower noise, x0 = 0.3·z + mu, with the prior loss",
                       ["model.flow.source_mu=1.0", "model.flow.source_std=0.3", "model.prior_weight=1.0"]),
+    "centred_std03_shift": ("centred_std03 plus a learned per-speaker offset of the condition (mu += Dense(spks))",
+                            ["model.flow.source_mu=1.0", "model.flow.source_std=0.3", "model.prior_weight=1.0",
+                             "model.flow.speaker_shift=True"]),
+    "centred_std01_shift": ("centred_std03_shift with narrower noise still, x0 = 0.1·z + mu",
+                            ["model.flow.source_mu=1.0", "model.flow.source_std=0.1", "model.prior_weight=1.0",
+                             "model.flow.speaker_shift=True"]),
     "centred_prior3": ("the centred source x0 = 0.5·z + mu with the prior loss at weight 3",
                        ["model.flow.source_mu=1.0", "model.flow.source_std=0.5", "model.prior_weight=3.0"]),
 }

@@ -69,7 +69,12 @@ def test_centred_stream_equals_its_offline_chunk_masked_twin():
     """As tests/test_token2mel_stream.py's C=2 case (prompts aligned, not, none; a final partial chunk), for a
     centred flow: the stream adds ``MU · mu`` of each chunk to its noise; tolerance 1e-4 abs."""
     model, params = tiny_flow(2)
-    model = _centred(model)
+    assert_stream_equals_offline(_centred(model), params, "centred source, C=2")
+
+
+def assert_stream_equals_offline(model, params, what: str) -> None:
+    """A C = 2 flow's stream (3 rows: prompts of 4, 5 and 0 tokens, 13 tokens in all, a final partial chunk) ==
+    its offline chunk-masked twin; 1e-4 abs per row."""
     plens = np.array((4, 5, 0))
     lengths = 13 - plens
     tokens, emb, prompt, pmel = _data(2, 3, int(lengths.max()), int(plens.max()))
@@ -77,7 +82,7 @@ def test_centred_stream_equals_its_offline_chunk_masked_twin():
                         prompt_lengths=plens, streaming=True, n_steps=STEPS)
     stream = Token2MelStream(model, window_tokens=14, n_steps=STEPS)
     streamed, _ = stream_all(stream, stream.prepare_params(params), tokens, lengths, emb, prompt, pmel, plens)
-    _assert_rows_equal(streamed, offline, lengths, "centred source, C=2")
+    _assert_rows_equal(streamed, offline, lengths, what)
 
 
 def test_loss_equals_the_default_flow_on_shifted_draws():
@@ -104,12 +109,57 @@ def test_loss_equals_the_default_flow_on_shifted_draws():
     assert enc and max(enc) > 0
 
 
-def test_students_refuse_a_centred_teacher():
+def test_meanflow_and_reflow_students_train_from_a_centred_teachers_source(tmp_path):
+    """A centred teacher's students keep its source (``student_config`` copies it) and their losses start from it:
+    the meanflow experiment's per-example errors == its MeanFlow loss's on the draws ``STD · z + MU · mu`` computed here; the reflow
+    experiment's loss on a coupling batch (``x0`` = the stored noise) == its CFM loss from ``STD · x0 + MU · mu``
+    (1e-6 relative each, and both differ from the loss from pure noise by > 1e-3 relative)."""
     from fmjax.meanflow import student_config
+    from fmjax.pipelines.common import flow_velocity
+    from tests.train.corpus_helpers import SMALL_FLOW, micro_corpus
+    from train.config import apply_overrides
+    from train.configs import meanflow as meanflow_config
+    from train.configs import reflow as reflow_config
+    from train.experiments import build
 
-    with pytest.raises(ValueError, match=r"meanflow.teacher: students start from pure noise.*source_mu=1.0"):
-        student_config(dataclasses.replace(Token2MelConfig(), source_mu=1.0), "meanflow.teacher")
-    assert student_config(Token2MelConfig()).estimator.mean_flow
+    assert student_config(_centred(CosyVoice2Flow(SMALL_FLOW)).config).source_std == STD
+    corpus = micro_corpus(tmp_path / "corpus")
+    flow = [f"model.flow.{k}={v}" for k, v in (("source_mu", MU), ("source_std", STD))]
+    common = [f"data.corpus={corpus}", "data.buckets=(24,)", "data.eval_sentences=1", "train.batch_size=2"]
+    mf = build(apply_overrides(meanflow_config.get_config("tiny"), common + flow))
+    params = mf.init_params(jax.random.key(0))
+    batch, _ = next(iter(mf.train_batches(0, 0)))
+    key = jax.random.key(1)
+    _, got = mf.loss_fn(params, batch, key)  # the adaptive-weighted loss is ~1 by construction: compare the errors
+    k_chunk, k_loss = jax.random.split(key)
+    b, u = batch["tokens"].shape
+    cond = flow_condition(mf.model, params, batch["tokens"], batch["token_len"], batch["spk"],
+                          chunk=mf.chunks.draw(k_chunk, b, mf.model.config, u))
+    d = mf.loss.draw(k_loss, batch["mel"], cond.mask)
+    shifted = d._replace(z=STD * np.asarray(d.z) + MU * np.asarray(cond.mu))
+    velocity = flow_velocity(mf.model, params)
+    ref = mf.loss(velocity, batch["mel"], cond.mask, cond, k_loss, draws=shifted)[1]["per_example"]
+    plain = mf.loss(velocity, batch["mel"], cond.mask, cond, k_loss, draws=d)[1]["per_example"]
+    np.testing.assert_allclose(np.asarray(got["per_example"]), np.asarray(ref), rtol=1e-6)
+    assert np.all(np.abs(np.asarray(plain) - np.asarray(ref)) > 1e-3 * np.abs(np.asarray(plain)))
+
+    rf = build(apply_overrides(reflow_config.get_config("tiny"), common + flow))
+    rparams = rf.init_params(jax.random.key(2))
+    rng = np.random.default_rng(4)
+    frames = 2 * int(batch["tokens"].shape[1])
+    coupling = dict(tokens=batch["tokens"], token_len=batch["token_len"], spk=batch["spk"],
+                    x0=rng.standard_normal((b, frames, 80)).astype(np.float32),
+                    x1=rng.standard_normal((b, frames, 80)).astype(np.float32),
+                    prompt=np.zeros((b, frames, 80), np.float32), row_mask=np.ones((b,), np.float32))
+    got, _ = rf.loss_fn(rparams, coupling, key)
+    rcond = flow_condition(rf.model, rparams, coupling["tokens"], coupling["token_len"], coupling["spk"],
+                           prompt=coupling["prompt"])
+    rvel = flow_velocity(rf.model, rparams)
+    ref, _ = rf.loss(rvel, coupling["x1"], rcond.mask, rcond, key,
+                     draws=LossDraws(z=STD * coupling["x0"] + MU * np.asarray(rcond.mu)))
+    plain, _ = rf.loss(rvel, coupling["x1"], rcond.mask, rcond, key, draws=LossDraws(z=coupling["x0"]))
+    np.testing.assert_allclose(float(got), float(ref), rtol=1e-6)
+    assert abs(float(plain) - float(got)) > 1e-3 * abs(float(plain))
 
 
 def test_runs_saved_before_the_source_existed_resume_only_at_pure_noise(tmp_path):

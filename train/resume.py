@@ -46,7 +46,8 @@ ARCHIVE_DIR = "archive"
 
 # Settings added after runs were saved, with the value that reproduces what those runs did: a saved config without
 # the key resumes as if it had held this value (any other value is a real difference).
-ADDED_KEYS = {"model.prior_weight": 0.0, "model.flow.source_mu": 0.0, "model.flow.source_std": 1.0}
+ADDED_KEYS = {"model.prior_weight": 0.0, "model.flow.source_mu": 0.0, "model.flow.source_std": 1.0,
+              "model.flow.speaker_shift": False}
 
 
 class RunError(ValueError):

@@ -26,6 +26,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fmjax.cond import MelCond
 from fmjax.models.causal_unet import CausalConditionalDecoder, CausalUNetConfig, unstack_mid_params
@@ -60,6 +61,12 @@ class Token2MelConfig:
         condition to the mel (the loss's gradient reaches the encoder through ``x0`` too); ``source_std < 1``
         narrows the noise around it (a temperature, trained and sampled alike). Offline, streaming and training
         all read them from here, so a stream still equals its offline twin (:func:`fmjax.pipelines.common.flow_source`).
+      speaker_shift: add a learned per-speaker offset to the condition, ``mu += mu_shift(spks)`` (``mu_shift`` a
+        zero-initialised ``Dense(spk_dim -> mel_dim)``, so a new model starts as CosyVoice2's). CosyVoice2's encoder
+        never sees the speaker, so its ``mu`` can only be a speaker-independent guess of the mel; with the shift
+        (and the prior loss or a centred source) ``mu`` can carry the speaker's mean frame as well. False (the
+        default, CosyVoice2) adds no parameter and leaves the programs unchanged. Offline, streaming and training
+        all apply it (:func:`fmjax.pipelines.common.shift_condition`).
     """
 
     vocab_size: int = 6561
@@ -68,8 +75,12 @@ class Token2MelConfig:
     estimator: CausalUNetConfig = CausalUNetConfig()
     source_mu: float = 0.0
     source_std: float = 1.0
+    speaker_shift: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.speaker_shift, (bool, np.bool_)):
+            raise TypeError(f"Token2MelConfig.speaker_shift: expected a bool, got {self.speaker_shift!r}")
+        object.__setattr__(self, "speaker_shift", bool(self.speaker_shift))
         for name, low in (("source_mu", None), ("source_std", 0.0)):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
@@ -162,6 +173,8 @@ class CosyVoice2Flow(nn.Module):
         self.encoder = UpsampleConformerEncoder(cfg.encoder)
         self.encoder_proj = nn.Dense(cfg.estimator.mu_dim)
         self.decoder = CausalConditionalDecoder(cfg.estimator)
+        if cfg.speaker_shift:
+            self.mu_shift = nn.Dense(cfg.mel_dim, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
 
     def __call__(
         self, tokens: Int[Array, "b n"], embedding: Float[Array, "b s"], x: Float[Array, "b t m"], t
@@ -169,6 +182,8 @@ class CosyVoice2Flow(nn.Module):
         """Runs every part once (for ``init``): velocity at ``t`` of ``x [b, 2n, m]`` given the tokens, no prompt."""
         mu, _ = self.encode(tokens)
         spks = self.speaker(embedding)
+        if self.config.speaker_shift:
+            mu = mu + self.shift(spks)[:, None]
         mask = frame_mask(None, *tokens.shape, self.config.token_mel_ratio)
         v, _ = self.estimate(x, MelCond(mu, spks, jnp.zeros_like(mu), mask), t)
         return v
@@ -176,6 +191,13 @@ class CosyVoice2Flow(nn.Module):
     def speaker(self, embedding: Float[Array, "b s"]) -> Float[Array, "b e"]:
         """``spk_embed_affine_layer(F.normalize(embedding))``: ``[b, spk_embed_dim]`` -> ``[b, spk_dim]``."""
         return project_speaker(self.spk_embed_affine_layer, embedding, self.config.spk_embed_dim)
+
+    def shift(self, spks: Float[Array, "b e"]) -> Float[Array, "b m"]:
+        """The per-speaker offset of ``mu`` (config ``speaker_shift``): ``spks [b, spk_dim]`` -> ``[b, mel_dim]``;
+        zeros when the config has no shift."""
+        if not self.config.speaker_shift:
+            return jnp.zeros((spks.shape[0], self.config.mel_dim), spks.dtype)
+        return self.mu_shift(spks)
 
     def encode(
         self,

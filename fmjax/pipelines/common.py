@@ -73,11 +73,19 @@ def flow_condition(
     b, n = tokens.shape
     spks = model.apply(params, embedding, method="speaker")  # [b, spk_dim]
     out = model.apply(params, tokens, mask, chunk=chunk, return_aux=return_aux, method="encode")
-    mu = out[0]  # [b, r·n, m]
+    mu = shift_condition(model, params, out[0], spks)  # [b, r·n, m]
     frames = frame_mask(mask, b, n, r).astype(mu.dtype)  # [b, r·n]
     cond = MelCond(mu, spks, jnp.zeros_like(mu) if prompt is None else prompt, frames,
                    None if chunk is None else chunk.scaled(r))
     return (cond, out[2]) if return_aux else cond
+
+
+def shift_condition(model, params, mu: Float[Array, "b t m"], spks: Float[Array, "b e"]) -> Float[Array, "b t m"]:
+    """``mu`` plus the flow's per-speaker offset (``model.config.speaker_shift``; absent or False: ``mu`` itself,
+    the program unchanged). ``spks [b, spk_dim]`` is the projected speaker (``method="speaker"``)."""
+    if not getattr(model.config, "speaker_shift", False):
+        return mu
+    return mu + model.apply(params, spks, method="shift")[:, None].astype(mu.dtype)
 
 
 def flow_source(config, noise: Float[Array, "b t m"], mu: Float[Array, "b t m"]) -> Float[Array, "b t m"]:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from fmjax.cond import MelCond
-from fmjax.pipelines.common import flow_source, flow_step_velocity
+from fmjax.pipelines.common import flow_source, flow_step_velocity, shift_condition
 from fmjax.samplers import get_solver
 from fmjax.streaming import sample_chunk
 
@@ -56,6 +56,7 @@ def advance_rows(stream: Token2MelStream, params, rows: StreamRows, grid, noise,
             params, ext[:, :c], valid, context=ext[:, c : c + la],
             context_lengths=jnp.where(active, jnp.clip(known - c, 0, la), 0), cache=enc_cache, method="encode",
         )  # [b, r·C, m]
+        mu = shift_condition(model, params, mu, rows.spks)  # the per-speaker offset, if the config has one
         first = r * done  # [b] absolute frame of each row's chunk
         prompt = jnp.where((first[:, None] + frame[None] < prompt_frames[:, None])[..., None],
                            fifo_mel[:, : r * c], 0.0)  # [b, r·C, m]

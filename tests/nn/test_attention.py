@@ -20,10 +20,17 @@ def _reference(q, k, v, mask=None, bias=None):
     return np.einsum("bhts,bshk->bthk", p / p.sum(-1, keepdims=True), v)
 
 
+def _normal(seed, shape):
+    """Standard-normal test inputs from numpy (an eager ``jax.random.normal`` compiles a program per shape)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _bernoulli(seed, p, shape):
+    return jnp.asarray(np.random.default_rng(seed).random(shape) < p)
+
+
 def _qkv(t, s, key=0, h=3, d=8):
-    ks = jax.random.split(jax.random.key(key), 3)
-    return (jax.random.normal(ks[0], (2, t, h, d)), jax.random.normal(ks[1], (2, s, h, d)),
-            jax.random.normal(ks[2], (2, s, h, d)))
+    return _normal(3 * key, (2, t, h, d)), _normal(3 * key + 1, (2, s, h, d)), _normal(3 * key + 2, (2, s, h, d))
 
 
 @pytest.mark.parametrize("t,s,block_bytes", [(7, 9, None), (37, 41, 2**14)])  # the second: 3 query blocks
@@ -32,8 +39,8 @@ def test_dot_product_attention_matches_reference(t, s, block_bytes, monkeypatch)
         monkeypatch.setattr(A, "_BLOCK_BYTES", block_bytes)
         assert A._query_block(2 * 3, t, s) == 16
     q, k, v = _qkv(t, s)
-    mask = jax.random.bernoulli(jax.random.key(5), 0.6, (2, t, s)).at[:, :, 0].set(True)
-    bias = jax.random.normal(jax.random.key(6), (2, t, s))
+    mask = _bernoulli(5, 0.6, (2, t, s)).at[:, :, 0].set(True)
+    bias = _normal(6, (2, t, s))
     np.testing.assert_allclose(A.dot_product_attention(q, k, v, mask=mask, bias=bias), _reference(q, k, v, mask, bias),
                                atol=1e-5)
     kpad = mask[:, :1]  # [b, 1, s] key padding, broadcast over queries
@@ -43,7 +50,7 @@ def test_dot_product_attention_matches_reference(t, s, block_bytes, monkeypatch)
 
 def test_dot_product_attention_per_head_mask_and_bad_shapes():
     q, k, v = _qkv(5, 6)
-    mask = jax.random.bernoulli(jax.random.key(5), 0.6, (2, 3, 5, 6)).at[..., 0].set(True)
+    mask = _bernoulli(5, 0.6, (2, 3, 5, 6)).at[..., 0].set(True)
     out = A.dot_product_attention(q, k, v, mask=mask)
     for h in range(3):
         np.testing.assert_allclose(out[:, :, h : h + 1], _reference(q[:, :, h:h + 1], k[:, :, h:h + 1],
@@ -97,7 +104,7 @@ def test_cached_attention_streaming_equals_offline(chunk, left, window):
 
 
 def test_multi_head_attention_streaming_requires_valid():
-    x = jax.random.normal(jax.random.key(0), (2, 4, 6))
+    x = _normal(0, (2, 4, 6))
     mod = A.MultiHeadAttention(2, 3)
     params = mod.init(jax.random.key(1), x)
     assert params["params"]["to_q"]["kernel"].shape == (6, 6) and "bias" not in params["params"]["to_q"]

@@ -9,10 +9,16 @@ from fmjax.nn.masks import chunk_mask, fill_empty_rows
 from fmjax.nn.transformer import FeedForward, TransformerBlock
 
 
+def _normal(seed, shape):
+    """Standard-normal test inputs from numpy (an eager ``jax.random.normal`` compiles a program per shape)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def _perturbed(params, key=7):
     leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(key), len(leaves))
-    return jax.tree_util.tree_unflatten(tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    rng = np.random.default_rng(key)
+    return jax.tree_util.tree_unflatten(tree, [p + 0.1 * jnp.asarray(rng.standard_normal(p.shape), p.dtype)
+                                               for p in leaves])
 
 
 def _torch_block(torch, p, x, mask, heads, activation):
@@ -41,7 +47,7 @@ def _torch_block(torch, p, x, mask, heads, activation):
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "snakebeta"])
 def test_transformer_block_matches_torch(activation):
     torch = pytest.importorskip("torch")
-    x = jax.random.normal(jax.random.key(0), (2, 11, 16))
+    x = _normal(0, (2, 11, 16))
     valid = jnp.arange(11)[None] < jnp.array([11, 8])[:, None]
     mask = fill_empty_rows(chunk_mask(11, 4)[None] & valid[:, None, :])
     block = TransformerBlock(heads=2, head_dim=8, activation=activation)
@@ -54,7 +60,7 @@ def test_transformer_block_matches_torch(activation):
 
 def test_transformer_block_streaming_equals_offline():
     t, c = 14, 4
-    x = jax.random.normal(jax.random.key(0), (2, 16, 16))
+    x = _normal(0, (2, 16, 16))
     valid = jnp.arange(16)[None] < jnp.array([t, 11])[:, None]
     mask = fill_empty_rows(chunk_mask(16, c, 1)[None] & valid[:, None, :])
     block = TransformerBlock(heads=2, head_dim=8)

@@ -21,7 +21,7 @@ from fmjax.checkpoint import load_flow
 from fmjax.meanflow import IntervalSampler, MeanFlowLoss, student_config, student_params
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, init_flow_params
 from fmjax.paths import CondOTPath
-from fmjax.pipelines.common import flow_condition, flow_velocity
+from fmjax.pipelines.common import flow_condition, flow_source, flow_velocity, has_default_source
 from fmjax.pipelines.training import UnifiedChunks
 from fmjax.timesteps import LogitNormal
 from train.config import Config
@@ -137,7 +137,11 @@ class MeanFlow(CorpusExperiment):
         cond = flow_condition(self.model, params, batch["tokens"], batch["token_len"], batch["spk"], chunk=chunk)
         if mc.freeze_encoder:
             cond = jax.lax.stop_gradient(cond)
-        loss, aux = self.loss(flow_velocity(self.model, params), batch["mel"], cond.mask, cond, k_loss)
+        draws = None
+        if not has_default_source(self.model.config):  # the teacher's source x0 = source_std·z + source_mu·mu
+            draws = self.loss.draw(k_loss, batch["mel"], cond.mask)
+            draws = draws._replace(z=flow_source(self.model.config, draws.z, cond.mu))
+        loss, aux = self.loss(flow_velocity(self.model, params), batch["mel"], cond.mask, cond, k_loss, draws=draws)
         rows = batch["row_mask"]
         mse = jnp.sum(aux["per_example"] * rows) / jnp.maximum(jnp.sum(rows), 1.0)
         # the loss itself is ~1 by construction (adaptive weight p = 1: the gradient of log(e + c)); log the error

@@ -14,11 +14,10 @@ import jax.numpy as jnp
 
 from fmjax.ablate import parse_t_sampler
 from fmjax.checkpoint import load_teacher
-from fmjax.pipelines.common import has_default_source
 from fmjax.loss import CFMLoss, LossDraws
 from fmjax.models.flow import CosyVoice2Flow, Token2MelConfig, init_flow_params
 from fmjax.paths import CondOTPath
-from fmjax.pipelines.common import flow_condition, flow_velocity
+from fmjax.pipelines.common import flow_condition, flow_source, flow_velocity
 from fmjax.reflow import GridT, straightness
 from fmjax.samplers import SamplerConfig
 from fmjax.token2mel import token2mel
@@ -117,10 +116,6 @@ class Reflow(CouplingData, CorpusExperiment):
         self.teacher_params, self.teacher_step = None, None
         if rc.teacher:
             teacher = load_teacher(rc.teacher, ema=True, what="reflow.teacher")
-            if not has_default_source(teacher.model.config):
-                raise ValueError("reflow.teacher: couplings start from pure noise; a teacher whose source is centred on "
-                                 f"its condition (source_mu={teacher.model.config.source_mu}, source_std="
-                                 f"{teacher.model.config.source_std}) is not supported yet")
             self.teacher_params, self.teacher_step = teacher.params, teacher.step
             config = dataclasses.replace(config, model=ReflowModel(teacher.model.config))
         if rc.distill_steps and config.data.sampler.grid != "linear":
@@ -143,7 +138,7 @@ class Reflow(CouplingData, CorpusExperiment):
         cond = flow_condition(self.model, params, batch["tokens"], batch["token_len"], batch["spk"],
                               prompt=batch["prompt"])
         loss, aux = self.loss(flow_velocity(self.model, params), batch["x1"], cond.mask, cond, key,
-                              draws=LossDraws(z=batch["x0"]))
+                              draws=LossDraws(z=flow_source(self.model.config, batch["x0"], cond.mu)))
         return loss, {"per_example": aux["per_example"], "t": aux["t"], "weight": batch["row_mask"]}
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -159,7 +154,8 @@ class Reflow(CouplingData, CorpusExperiment):
         from fmjax.cond import MelCond
 
         cond = MelCond(aux["mu"], aux["spks"], aux["prompt"], aux["mask"])
-        return float(_straightness(params, aux["noise"], cond, model=self.model,
+        x0 = flow_source(self.model.config, aux["noise"], aux["mu"])  # the flow's source (pure noise by default)
+        return float(_straightness(params, x0, cond, model=self.model,
                                    sampler=SamplerConfig("linear", 1, "euler", float(cfg_weight)),
                                    n_steps=self.config.reflow.straightness_steps))
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from fmjax.data.batching import collate
 from fmjax.loss import CFMLoss, prompt_prefix
-from fmjax.pipelines.common import flow_condition, flow_velocity
+from fmjax.pipelines.common import flow_condition, flow_source, flow_velocity
 from fmjax.reflow import CouplingStore, generate_couplings
 from fmjax.samplers import SamplerConfig
 
@@ -31,7 +31,9 @@ BATCH_KEYS = ("x0", "x1", "tokens", "token_len", "spk", "prompt", "row_mask")
 @functools.partial(jax.jit, static_argnames=("model", "draw_loss", "sampler"))
 def teacher_couplings(params, batch: dict, key, grid, *, model, draw_loss: CFMLoss, sampler: SamplerConfig):
     """One shard's couplings: noise ``x0`` and prompt lengths drawn by ``draw_loss.draw`` (as in training), the
-    prompt = the rows' own first ``prompt_len`` ground-truth frames, ``x1`` = the teacher's guided ODE sample.
+    prompt = the rows' own first ``prompt_len`` ground-truth frames, ``x1`` = the teacher's guided ODE sample from its
+    source (``flow_source(config, x0, mu)``: the noise itself for CosyVoice2's source; the student's loss applies the
+    same map to ``x0`` with its own ``mu``).
 
     Args:
       batch: ``tokens [b, u]``, ``token_len [b]``, ``spk [b, s]``, ``mel [b, T, m]``, ``mel_mask [b, T]``.
@@ -43,7 +45,8 @@ def teacher_couplings(params, batch: dict, key, grid, *, model, draw_loss: CFMLo
     draws = draw_loss.draw(key, batch["mel"], batch["mel_mask"])
     prompt = jax.vmap(prompt_prefix)(batch["mel"], draws.prompt_len)  # [b, T, m]
     cond = flow_condition(model, params, batch["tokens"], batch["token_len"], batch["spk"], prompt=prompt)
-    x1 = generate_couplings(flow_velocity(model, params), draws.z, cond, grid, sampler.solver,
+    x0 = flow_source(model.config, draws.z, cond.mu)  # the teacher's source; the store keeps the noise z
+    x1 = generate_couplings(flow_velocity(model, params), x0, cond, grid, sampler.solver,
                             cfg_weight=sampler.cfg_weight)
     return draws.z, x1, prompt, draws.prompt_len
 
