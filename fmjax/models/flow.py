@@ -193,10 +193,8 @@ class CosyVoice2Flow(nn.Module):
         return project_speaker(self.spk_embed_affine_layer, embedding, self.config.spk_embed_dim)
 
     def shift(self, spks: Float[Array, "b e"]) -> Float[Array, "b m"]:
-        """The per-speaker offset of ``mu`` (config ``speaker_shift``): ``spks [b, spk_dim]`` -> ``[b, mel_dim]``;
-        zeros when the config has no shift."""
-        if not self.config.speaker_shift:
-            return jnp.zeros((spks.shape[0], self.config.mel_dim), spks.dtype)
+        """The per-speaker offset of ``mu``: ``spks [b, spk_dim]`` -> ``[b, mel_dim]``; only for a config with
+        ``speaker_shift`` (callers check it: :func:`fmjax.pipelines.common.shift_condition`)."""
         return self.mu_shift(spks)
 
     def encode(
